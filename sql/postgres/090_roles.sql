@@ -28,7 +28,11 @@ grant usage on schema fraud to sentinel_loader, sentinel_analyst;
 
 -- Loader: insert into the source. The loader's COPY goes into a session temp table first.
 grant insert on fraud.transactions to sentinel_loader;
-grant temporary on database current_database() to sentinel_loader;
+do $$
+begin
+    execute format('grant temporary on database %I to sentinel_loader', current_database());
+end
+$$;
 
 -- Analyst: select on everything in fraud (source, views, marts), now and in the future,
 -- whichever role creates it (the owner running `dbt run` or `sentinel up`).

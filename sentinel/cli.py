@@ -1,0 +1,202 @@
+"""The `sentinel` command: thin commands that build a Settings object and call the library."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+
+import click
+from psycopg.conninfo import conninfo_to_dict
+
+from sentinel import __version__
+from sentinel.config import ROLES, Settings
+from sentinel.console import console, error, out
+from sentinel.errors import SentinelError
+
+EXAMPLES = """
+\b
+Examples:
+  sentinel demo                      # engine + models + live synthetic stream + alerts
+  sentinel up                        # start (or reuse) the embedded engine, deploy the models
+  psql "$(sentinel dsn)"             # connect; try: select * from fraud.flagged_transactions
+  sentinel load --count 100000       # stream synthetic transactions
+  sentinel load --from txns.csv.gz   # replay a file
+  sentinel alerts --sink stdout --sink file:alerts.ndjson
+  SENTINEL_DSN=postgresql://... sentinel up   # use another PostgreSQL instead
+"""
+
+
+@click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--home", envvar="SENTINEL_HOME", type=click.Path(file_okay=False),
+              help="Embedded engine's data directory [env SENTINEL_HOME; default ./.sentinel].")
+@click.option("--dsn", "dsn", envvar="SENTINEL_DSN",
+              help="Use this server instead of the embedded engine [env SENTINEL_DSN].")
+@click.version_option(__version__, prog_name="sentinel")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, dsn: str | None) -> None:
+    """Sentinel: real-time card-fraud detection, SQL first."""
+    ctx.obj = Settings.from_env(home=home, dsn=dsn)
+
+
+pass_settings = click.pass_obj
+
+
+def _deploy_models(dsn: str, *, target: str = "postgres") -> float:
+    from sentinel.deploy import run_dbt
+
+    started = time.monotonic()
+    run_dbt(["run"], dsn=dsn, target=target)
+    return time.monotonic() - started
+
+
+@cli.command()
+@click.option("--models/--no-models", default=True, show_default=True,
+              help="Deploy the dbt models after applying sql/.")
+@click.option("--engine", "engine_kind", type=click.Choice(["postgres", "risingwave", "materialize"]),
+              default="postgres", show_default=True,
+              help="Kind of server SENTINEL_DSN points at (the embedded engine is PostgreSQL).")
+@pass_settings
+def up(settings: Settings, models: bool, engine_kind: str) -> None:
+    """Start or reuse the embedded engine, apply sql/, deploy the models; print the DSN."""
+    t0 = time.monotonic()
+    if settings.embedded:
+        if engine_kind != "postgres":
+            raise SentinelError("the embedded engine is PostgreSQL; --engine needs SENTINEL_DSN")
+        engine = settings.engine()
+        started = engine.up()
+        console.print(f"engine {'started' if started else 'already running'} in {engine.home} "
+                      f"(port {engine.running_port()}) [{time.monotonic() - t0:.1f} s]")
+        creds = engine.credentials()
+        owner_dsn = engine.dsn("owner")
+        passwords = {"sentinel_loader": creds["loader"], "sentinel_analyst": creds["analyst"]}
+        dsn_out = owner_dsn
+    else:
+        owner_dsn = dsn_out = settings.dsn
+        passwords = None
+    from sentinel import schema
+
+    files = schema.apply(owner_dsn, engine=engine_kind, role_passwords=passwords)
+    console.print(f"applied sql/{engine_kind}: {', '.join(files)}")
+    if models:
+        took = _deploy_models(owner_dsn, target=engine_kind)
+        console.print(f"models deployed (dbt run, target {engine_kind}) [{took:.1f} s]")
+    console.print(f"ready in {time.monotonic() - t0:.1f} s; connect with: psql \"$(sentinel dsn)\"")
+    out.print(dsn_out)
+
+
+@cli.command()
+@pass_settings
+def down(settings: Settings) -> None:
+    """Stop the embedded engine cleanly; its data stays in SENTINEL_HOME."""
+    if not settings.embedded:
+        raise SentinelError("SENTINEL_DSN is set: Sentinel did not start that server and will not stop it")
+    stopped = settings.engine().down()
+    console.print("engine stopped" if stopped else "engine was not running")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_settings
+def status(settings: Settings, as_json: bool) -> None:
+    """Say what runs: the embedded engine (or SENTINEL_DSN) and what it holds."""
+    info: dict = {"version": __version__}
+    if settings.embedded:
+        st = settings.engine().status()
+        info.update(engine="embedded", home=str(st.home), initialized=st.initialized, running=st.running,
+                    pid=st.pid, port=st.port, data_mb=round(st.data_bytes / 1e6, 1) if st.data_bytes else None)
+        dsn = settings.engine().dsn("owner") if st.running else None
+    else:
+        info.update(engine="external")
+        dsn = settings.dsn
+    if dsn:
+        info.update(_database_summary(dsn))
+    if as_json:
+        out.print(json.dumps(info, default=str))
+        return
+    for key, value in info.items():
+        console.print(f"{key:>14}: {value}")
+
+
+def _database_summary(dsn: str) -> dict:
+    from sentinel import schema
+
+    summary: dict = {}
+    try:
+        with schema.connect(dsn) as conn:
+            summary["server"] = conn.execute("select version()").fetchone()[0].split(" on ")[0]
+            row = conn.execute("select to_regclass('fraud.transactions') is not null").fetchone()
+            if row[0]:
+                estimate = conn.execute(
+                    "select reltuples::bigint from pg_class where oid = 'fraud.transactions'::regclass"
+                ).fetchone()[0]
+                if estimate < 100_000:  # never analyzed, or small enough to count exactly
+                    estimate = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
+                summary["transactions"] = estimate
+            models = conn.execute(
+                "select count(*) from information_schema.tables where table_schema in ('fraud', 'fraud_intermediate')"
+                " and table_name <> 'transactions'"
+            ).fetchone()[0]
+            summary["relations"] = models
+    except SentinelError as exc:
+        summary["database"] = f"unreachable: {exc}"
+    return summary
+
+
+@cli.command()
+@click.option("--role", type=click.Choice(ROLES), default="owner", show_default=True,
+              help="owner (runs sql/ and dbt), loader (insert only) or analyst (read-only).")
+@click.option("--env", "as_env", is_flag=True, help="Print `export PG...=` lines for psql and `dbt` instead.")
+@pass_settings
+def dsn(settings: Settings, role: str, as_env: bool) -> None:
+    """Print a libpq DSN for psql, psycopg and BI tools (or PG* environment variables)."""
+    from sentinel.config import resolve_dsn
+
+    value = resolve_dsn(role, settings=settings)
+    if not as_env:
+        out.print(value)
+        return
+    parts = conninfo_to_dict(value)
+    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD", "dbname": "PGDATABASE"}
+    for key, var in names.items():
+        if parts.get(key):
+            out.print(f"export {var}={shlex.quote(str(parts[key]))}")
+
+
+def _register_optional() -> None:
+    """Attach the commands that live in the loader and alerts packages, and the end-to-end ones."""
+    import importlib
+
+    for module, name in (("loader.cli", "load"), ("alerts.cli", "alerts"), ("sentinel.demo", "demo"),
+                         ("sentinel.bench", "bench")):
+        try:
+            command = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        cli.add_command(command, name)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: map failures to one line and an exit code; never a traceback for user errors."""
+    try:
+        rv = cli.main(args=argv, prog_name="sentinel", standalone_mode=False)
+    except click.exceptions.Abort:
+        error("interrupted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        error("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SentinelError as exc:
+        error(str(exc))
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
