@@ -89,11 +89,12 @@ def test_analyst_role_is_read_only(db):
     with psycopg.connect(db.analyst_dsn, autocommit=True) as conn:
         assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == 1
         assert conn.execute("select count(*) from fraud.some_mart").fetchone()[0] == 1
-        for stmt in (INSERT.replace("%(", "%%("), "delete from fraud.transactions", "create table fraud.x (a int)",
+        for stmt in ("insert into fraud.transactions (txn_id, card_id, merchant_id, amount, event_time)"
+                     " values ('a', 'b', 'c', 1, now())", "delete from fraud.transactions", "create table fraud.x (a int)",
                      "create temp table x (a int)"):
             with pytest.raises((psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)):
                 conn.execute(stmt)
-        conn.execute("set transaction_read_only = off")  # asking for a writable session changes nothing
+        conn.execute("set default_transaction_read_only = off")  # a writable session still cannot write
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("insert into fraud.some_mart values ('x')")
 
