@@ -43,7 +43,11 @@ pass_settings = click.pass_obj
 
 
 def _deploy_models(dsn: str, *, target: str = "postgres") -> float:
-    from sentinel.deploy import run_dbt
+    try:
+        from sentinel.deploy import run_dbt
+    except ImportError:
+        raise SentinelError("this installation has no dbt deployment (sentinel.deploy); "
+                            "reinstall with the README's set-up command") from None
 
     started = time.monotonic()
     run_dbt(["run"], dsn=dsn, target=target)
