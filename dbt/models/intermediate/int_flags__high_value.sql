@@ -1,0 +1,33 @@
+-- high_value: t.amount > high_value_min_amount (DESIGN.md; default 2000.00).
+with
+
+transactions as (
+    select * from {{ ref('stg_transactions') }}
+),
+
+flagged as (
+    select
+        txn_id,
+        cast('high_value' as text) as rule,
+        card_id,
+        customer_id,
+        merchant_id,
+        merchant_category,
+        country,
+        channel,
+        amount,
+        currency,
+        event_time,
+        cast(
+            case
+                when amount > 5 * {{ var('high_value_min_amount') }} then 'high'
+                else 'medium'
+            end as text
+        ) as risk_level,
+        {{ sentinel_format_amount('amount') }} || ' ' || currency
+            || ' over the {{ sentinel_amount_label(var("high_value_min_amount")) }} limit' as reason
+    from transactions
+    where amount > {{ var('high_value_min_amount') }}
+)
+
+select * from flagged

@@ -1,0 +1,54 @@
+-- velocity: at least velocity_min_txns transactions of t's card (t included) have event_time in
+-- [t.event_time - window, t.event_time]: the frame `range between interval '60 seconds'
+-- preceding and current row`, peers (equal event_time) included (DESIGN.md).
+with
+
+transactions as (
+    select * from {{ ref('stg_transactions') }}
+),
+
+counted as (
+    select
+        txn_id,
+        card_id,
+        customer_id,
+        merchant_id,
+        merchant_category,
+        country,
+        channel,
+        amount,
+        currency,
+        event_time,
+        {{ sentinel_window_agg(
+            'count', '*', 'transactions', 'card_id', 'event_time', var('velocity_window_seconds')
+        ) }} as window_txn_count
+    from transactions
+),
+
+flagged as (
+    select
+        txn_id,
+        cast('velocity' as text) as rule,
+        card_id,
+        customer_id,
+        merchant_id,
+        merchant_category,
+        country,
+        channel,
+        amount,
+        currency,
+        event_time,
+        cast(
+            case
+                when window_txn_count >= 2 * {{ var('velocity_min_txns') }} then 'high'
+                else 'medium'
+            end as text
+        ) as risk_level,
+        cast(window_txn_count as text)
+            || ' transactions in {{ sentinel_seconds_label(var("velocity_window_seconds")) }}' as reason,
+        window_txn_count
+    from counted
+    where window_txn_count >= {{ var('velocity_min_txns') }}
+)
+
+select * from flagged
