@@ -1,0 +1,150 @@
+"""`sentinel alerts`: push every newly flagged transaction to the configured sinks, at least once."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import click
+import psycopg
+
+from alerts.listener import Listener, SinkStats
+from alerts.sinks import SINK_USAGE, SinkOptions, SinkSpecError, parse_sink
+from alerts.sources import AlertViewMissing
+
+EXAMPLES = """
+\b
+Examples:
+  sentinel alerts --sink stdout
+  sentinel alerts --sink file:alerts.ndjson --sink webhook:http://localhost:8080/hook
+  sentinel alerts --sink ops=webhook:https://hooks.slack.com/services/T0/B0/XX --from-now
+  sentinel alerts --sink 'smtp://localhost:25?to=fraud@example.com&digest=1'
+"""
+
+
+def _console():
+    try:
+        from sentinel.console import console
+    except ImportError:  # the alerts package on its own
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+    return console
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as plain status lines on the shared console (stderr)."""
+
+    def __init__(self, console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        style = "yellow" if record.levelno >= logging.WARNING else None
+        self.console.print(f"{stamp} {record.getMessage()}", style=style, markup=False, highlight=False)
+
+
+def format_stats(stats: SinkStats) -> str:
+    """One console line per sink: delivered, position, lag (sequence and seconds), retries."""
+    lag = "?" if stats.lag_seq is None else str(stats.lag_seq)
+    line = (f"{stats.sink}: delivered {stats.delivered} · position {stats.position} · "
+            f"lag {lag} ({stats.lag_seconds:.1f} s) · retries {stats.retries}")
+    if stats.failing:
+        line += f" · failing: {stats.failing}"
+    return line
+
+
+def _resolve_dsn(ctx: click.Context, dsn: str | None) -> str:
+    if dsn:
+        return dsn
+    try:
+        from sentinel.config import Settings, resolve_dsn
+        from sentinel.errors import SentinelError
+    except ImportError:
+        raise click.UsageError("no database: pass --dsn or set SENTINEL_DSN") from None
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else None
+    try:
+        return resolve_dsn("owner", settings=settings)
+    except SentinelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--sink", "sinks", multiple=True, required=True, metavar="SPEC",
+              help=f"Where alerts go (repeatable): {SINK_USAGE}.")
+@click.option("--from-start/--from-now", "from_start", default=True, show_default=True,
+              help="Where a sink seen for the first time starts: the whole change log, or new alerts only. "
+                   "A known sink always resumes from its stored position.")
+@click.option("--dsn", envvar="SENTINEL_DSN", help="Engine to read (owner role) [env SENTINEL_DSN; "
+              "default: the embedded engine].")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="Most alerts per delivery.")
+@click.option("--webhook-timeout", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
+              help="Seconds a webhook may take to answer.")
+@click.option("--webhook-format", type=click.Choice(["auto", "json", "slack"]), default="auto",
+              show_default=True, help="Body: the alert as JSON, or a Slack-compatible {\"text\": ...} "
+              "(auto: slack for hooks.slack.com).")
+@click.option("--smtp-from", default="sentinel@localhost", show_default=True,
+              help="Sender of alert emails (an smtp sink's ?from= overrides it).")
+@click.option("--retry-max-delay", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Longest pause between retries of a failing sink (exponential backoff, jitter).")
+@click.option("--stats-interval", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="Seconds between metric lines on the console (0: only at exit).")
+@click.pass_context
+def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: str | None, batch_size: int,
+           webhook_timeout: float, webhook_format: str, smtp_from: str, retry_max_delay: float,
+           stats_interval: float) -> None:
+    """Push every newly flagged transaction to sinks, at least once, resuming where each left off."""
+    options = SinkOptions(webhook_timeout=webhook_timeout, webhook_format=webhook_format,
+                          smtp_from=smtp_from)
+    try:
+        built = [parse_sink(spec, options=options) for spec in sinks]
+    except SinkSpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sink") from None
+    console = _console()
+    logger = logging.getLogger("alerts")
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(ConsoleHandler(console))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    dsn = _resolve_dsn(ctx, dsn)
+    try:
+        listener = Listener(dsn, built, from_now=not from_start, batch_size=batch_size,
+                            retry_cap=retry_max_delay)
+        for warning in listener.open():
+            logger.warning(warning)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sink") from None
+    except AlertViewMissing as exc:
+        raise click.ClickException(str(exc)) from None
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"cannot reach the engine: {first}") from None
+
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        logger.info("stopping (%s)", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    logger.info("listening on %s engine; sinks: %s", listener.engine, ", ".join(s.name for s in built))
+    listener.start()
+    try:
+        interval = stats_interval or 3600.0
+        while not stop.wait(interval):
+            for stats in listener.stats():
+                logger.info(format_stats(stats))
+    finally:
+        listener.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for stats in listener.stats():
+            logger.info(format_stats(stats))
+
+
+if __name__ == "__main__":
+    alerts()

@@ -1,0 +1,504 @@
+"""Where alerts come from: the change log on PostgreSQL, a subscription cursor on RisingWave,
+SUBSCRIBE on Materialize. Each reader serves one sink and keeps that sink's position in the engine."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from alerts.model import Alert, compact, make_alert
+
+log = logging.getLogger("alerts")
+
+ALERT_VIEW = "fraud.flagged_transactions"
+SUBSCRIPTION = "fraud.flagged_transactions_alerts"
+
+
+class AlertViewMissing(Exception):
+    """The engine has no alert view or change log yet."""
+
+
+@dataclass
+class Batch:
+    """Alerts to deliver, and the position to store once they are delivered."""
+
+    alerts: list[Alert]
+    position: Any
+    read: int = 0  # change rows consumed (before compaction)
+    head: int | None = None  # newest sequence known in the source, for lag
+    oldest_at: datetime | None = None  # logged_at of the first undelivered change, for lag
+
+
+class Reader(Protocol):
+    """Reads one sink's changes from its stored position on; `ack` stores the new position."""
+
+    sink: str
+    position: Any
+    delivered: int
+
+    def read(self, *, limit: int, wait: float) -> Batch | None: ...
+    def ack(self, batch: Batch) -> None: ...
+    def close(self) -> None: ...
+
+
+def detect_engine(conn: psycopg.Connection) -> str:
+    """'postgres', 'risingwave' or 'materialize', from the server's version string."""
+    version = conn.execute("select version()").fetchone()[0].lower()
+    if "risingwave" in version:
+        return "risingwave"
+    if "materialize" in version:
+        return "materialize"
+    return "postgres"
+
+
+def connect(dsn: str, *, application_name: str = "sentinel-alerts") -> psycopg.Connection:
+    """An autocommit connection with a short connect timeout (faults surface, they are not waited out)."""
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=5, application_name=application_name)
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: sentinel_alerts.change_log
+# --------------------------------------------------------------------------------------------
+
+def check_postgres(conn: psycopg.Connection) -> list[str]:
+    """Raise AlertViewMissing when the change log or the alert view is absent; return warnings."""
+    row = conn.execute(
+        "select to_regclass('sentinel_alerts.change_log'), to_regclass(%s), "
+        "to_regclass('sentinel_alerts.sink_positions')", (ALERT_VIEW,)
+    ).fetchone()
+    if row[0] is None or row[2] is None:
+        raise AlertViewMissing("the alert change log sentinel_alerts.change_log does not exist: "
+                               "run `sentinel up` first")
+    if row[1] is None:
+        raise AlertViewMissing(f"the alert view {ALERT_VIEW} does not exist: run `sentinel up` first")
+    triggers = conn.execute(
+        "select count(*) from pg_trigger where tgrelid = %s::regclass "
+        "and tgname like 'sentinel_alerts_log_%%' and tgenabled <> 'D'", (ALERT_VIEW,)
+    ).fetchone()[0]
+    if triggers < 2:
+        return [f"{ALERT_VIEW} has no change-log triggers: new flags will not reach the sinks "
+                "(re-run `sentinel up`, or select sentinel_alerts.install_changelog(...))"]
+    return []
+
+
+def register_postgres(conn: psycopg.Connection, sink: str, kind: str, *, from_now: bool) -> tuple[int, int, bool]:
+    """The sink's stored (position, delivered); a new sink starts at 0 or at the current head."""
+    row = conn.execute(
+        """
+        with registered as (
+            insert into sentinel_alerts.sink_positions (sink, kind, position)
+            select %(sink)s, %(kind)s,
+                case when %(from_now)s
+                    then (select coalesce(max(seq), 0) from sentinel_alerts.change_log)
+                    else 0
+                end
+            on conflict (sink) do nothing
+            returning position, delivered
+        )
+        select position, delivered, true from registered
+        union all
+        select position, delivered, false from sentinel_alerts.sink_positions where sink = %(sink)s
+        limit 1
+        """,
+        {"sink": sink, "kind": kind, "from_now": from_now},
+    ).fetchone()
+    return int(row[0]), int(row[1]), bool(row[2])
+
+
+_READ = """
+    select
+        c.seq,
+        c.op,
+        c.payload::text,
+        c.logged_at,
+        c.xact_id::text,
+        (select max(seq) from sentinel_alerts.change_log) as head,
+        (select pg_current_snapshot()::text) as snapshot
+    from sentinel_alerts.change_log as c
+    where c.seq > %s
+    order by c.seq
+    limit %s
+"""
+
+# The in-progress transactions of a snapshot, still running now.
+_STILL_RUNNING = """
+    select count(*)
+    from unnest(pg_snapshot_xip(%s::pg_snapshot)) as x
+    where pg_xact_status(x) = 'in progress'
+"""
+
+
+def _loads(text: str) -> dict[str, Any]:
+    return json.loads(text, parse_float=Decimal)
+
+
+def contiguous_prefix(seqs: list[int], position: int) -> int:
+    """How many of the sorted `seqs` follow `position` without a gap."""
+    expected = position + 1
+    for index, seq in enumerate(seqs):
+        if seq != expected:
+            return index
+        expected += 1
+    return len(seqs)
+
+
+class PostgresReader:
+    """One sink's reader of sentinel_alerts.change_log, woken by NOTIFY (via `wake`).
+
+    Late commits: change-log writers take one advisory lock before their sequence numbers, so
+    seqs commit in order and a gap is normally a rollback or a crash-time sequence jump. The
+    reader still re-checks every gap: it delivers past a gap only once no transaction that was
+    running in the snapshot that saw the gap is still running (and the gap is still empty)."""
+
+    def __init__(self, dsn: str, sink: str, kind: str, *, from_now: bool = False,
+                 wake: threading.Event | None = None) -> None:
+        self.dsn = dsn
+        self.sink = sink
+        self.kind = kind
+        self.from_now = from_now
+        self.wake = wake or threading.Event()
+        self.position: int = 0
+        self.delivered = 0
+        self.created = False
+        self.gap_waiting = False
+        self._conn: psycopg.Connection | None = None
+        self._registered = False
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn)
+            if not self._registered:
+                check_postgres(self._conn)
+                self.position, self.delivered, self.created = register_postgres(
+                    self._conn, self.sink, self.kind, from_now=self.from_now)
+                self._registered = True
+        return self._conn
+
+    def open(self) -> None:
+        """Connect, check the schema and register the sink (raises on failure)."""
+        self._connection()
+
+    def _gap_is_final(self, conn: psycopg.Connection, snapshot: str, low: int, high: int) -> bool:
+        running = conn.execute(_STILL_RUNNING, (snapshot,)).fetchone()[0]
+        if running:
+            return False
+        # Everyone who could hold a seq in [low, high) has finished: is the gap still empty?
+        filled = conn.execute(
+            "select exists (select from sentinel_alerts.change_log where seq >= %s and seq < %s)",
+            (low, high),
+        ).fetchone()[0]
+        return not filled
+
+    def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
+        """The next batch after the stored position, or None after waiting `wait` s for a NOTIFY."""
+        conn = self._connection()
+        self.wake.clear()
+        rows = conn.execute(_READ, (self.position, limit)).fetchall()
+        if not rows:
+            self.gap_waiting = False
+            self.wake.wait(wait)
+            return None
+        seqs = [row[0] for row in rows]
+        usable = contiguous_prefix(seqs, self.position)
+        while usable < len(rows):
+            low = self.position + 1 if usable == 0 else seqs[usable - 1] + 1
+            if not self._gap_is_final(conn, rows[0][6], low, seqs[usable]):
+                break
+            usable += 1 + contiguous_prefix(seqs[usable + 1:], seqs[usable])
+        self.gap_waiting = usable < len(rows)
+        if usable == 0:
+            self.wake.wait(0.005)  # a transaction holding the next seq is still running
+            return None
+        rows = rows[:usable]
+        alerts = [
+            make_alert(seq=seq, op=op, row=_loads(payload), flagged_at=logged_at, xact=xact)
+            for seq, op, payload, logged_at, xact, _head, _snapshot in rows
+        ]
+        return Batch(alerts=compact(alerts), position=rows[-1][0], read=len(rows),
+                     head=rows[0][5], oldest_at=rows[0][3])
+
+    def ack(self, batch: Batch) -> None:
+        """Store the sink's position after its batch was delivered."""
+        conn = self._connection()
+        conn.execute(
+            "update sentinel_alerts.sink_positions "
+            "set position = %s, delivered = delivered + %s, updated_at = now() where sink = %s",
+            (batch.position, len(batch.alerts), self.sink),
+        )
+        self.position = batch.position
+        self.delivered += len(batch.alerts)
+
+    def head(self) -> int | None:
+        """The newest change-log seq (for lag), or None when unreachable."""
+        try:
+            return self._connection().execute(
+                "select coalesce(max(seq), 0) from sentinel_alerts.change_log").fetchone()[0]
+        except psycopg.Error:
+            return None
+
+    def reset(self) -> None:
+        """Drop the connection after a fault; the next read reconnects."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    close = reset
+
+
+# --------------------------------------------------------------------------------------------
+# RisingWave: subscription cursor (compiled here, executed only against a RisingWave server)
+# --------------------------------------------------------------------------------------------
+
+RW_OPS = {"Insert": "+", "UpdateInsert": "+", "Delete": "-", "UpdateDelete": "-",
+          "1": "+", "3": "+", "2": "-", "4": "-"}
+
+
+def rw_declare_statement(cursor: str, subscription: str, since_ms: int | None, *,
+                         from_now: bool = False) -> sql.Composed:
+    """DECLARE for a subscription cursor: SINCE the stored rw_timestamp (inclusive), else the start."""
+    if since_ms is not None:
+        since = sql.SQL("since {}").format(sql.Literal(int(since_ms)))
+    elif from_now:
+        since = sql.SQL("since now()")
+    else:
+        since = sql.SQL("since begin()")
+    return sql.SQL("declare {} subscription cursor for {} {}").format(
+        sql.Identifier(cursor), sql.SQL(".").join(sql.Identifier(p) for p in subscription.split(".")), since)
+
+
+def rw_fetch_statement(cursor: str, limit: int, timeout_s: float) -> sql.Composed:
+    """FETCH up to `limit` rows, waiting at most `timeout_s` for the first one."""
+    return sql.SQL("fetch {} from {} with (timeout = {})").format(
+        sql.Literal(int(limit)), sql.Identifier(cursor), sql.Literal(f"{max(timeout_s, 0.001):.3f}s"))
+
+
+@dataclass
+class RwResume:
+    """De-duplication for SINCE being inclusive: changes at the stored rw_timestamp may come again."""
+
+    since_ms: int | None = None
+    seen_at_since: set[str] = field(default_factory=set)
+
+    def admit(self, rw_ts: int, alert_id: str, op: str) -> bool:
+        """Whether a fetched change is new (not one already delivered at or before `since_ms`)."""
+        if self.since_ms is None or rw_ts > self.since_ms:
+            return True
+        if rw_ts < self.since_ms:
+            return False
+        return f"{op}{alert_id}" not in self.seen_at_since
+
+    def advance(self, changes: Iterable[tuple[int, str, str]]) -> None:
+        """Record delivered (rw_ts, alert_id, op) changes: the position becomes the newest rw_ts."""
+        for rw_ts, alert_id, op in changes:
+            if self.since_ms is None or rw_ts > self.since_ms:
+                self.since_ms, self.seen_at_since = rw_ts, set()
+            if rw_ts == self.since_ms:
+                self.seen_at_since.add(f"{op}{alert_id}")
+
+
+def decode_rw_row(columns: list[str], row: tuple[Any, ...]) -> tuple[int, str, dict[str, Any]]:
+    """(rw_timestamp, op '+'/'-', the flagged row's columns) from one subscription-cursor row."""
+    values = dict(zip(columns, row))
+    rw_ts = int(values.pop("rw_timestamp"))
+    raw_op = str(values.pop("op"))
+    if raw_op not in RW_OPS:
+        raise ValueError(f"unknown subscription op {raw_op!r}")
+    return rw_ts, RW_OPS[raw_op], values
+
+
+class RisingWaveReader:
+    """One sink's reader of the `flagged_transactions` subscription; the position is an rw_timestamp.
+
+    After a restart the cursor is declared SINCE the stored rw_timestamp; that bound is inclusive,
+    so changes at exactly that timestamp may be delivered again (same alert_id): at least once."""
+
+    def __init__(self, dsn: str, sink: str, kind: str, *, from_now: bool = False,
+                 subscription: str = SUBSCRIPTION, wake: threading.Event | None = None) -> None:
+        self.dsn, self.sink, self.kind, self.from_now = dsn, sink, kind, from_now
+        self.subscription = subscription
+        self.cursor = "sentinel_alerts_" + "".join(c if c.isalnum() else "_" for c in sink)[:40]
+        self.resume = RwResume()
+        self.position: int | None = None
+        self.delivered = 0
+        self.created = False
+        self._conn: psycopg.Connection | None = None
+        self._seq = 0
+
+    def open(self) -> None:
+        conn = connect(self.dsn)
+        row = conn.execute("select position from sentinel_alerts.sink_positions where sink = %s",
+                           (self.sink,)).fetchone()
+        self.created = row is None
+        self.resume = RwResume(since_ms=int(row[0]) if row else None)
+        self.position = self.resume.since_ms
+        conn.execute(rw_declare_statement(self.cursor, self.subscription, self.resume.since_ms,
+                                          from_now=self.from_now))
+        self._conn = conn
+
+    def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
+        if self._conn is None or self._conn.closed:
+            self.open()
+        cur = self._conn.execute(rw_fetch_statement(self.cursor, limit, wait))
+        columns = [d.name for d in cur.description or []]
+        alerts, changes = [], []
+        for row in cur.fetchall():
+            rw_ts, op, values = decode_rw_row(columns, row)
+            alert_id = f"{values.get('txn_id')}:{values.get('rule')}"
+            if not self.resume.admit(rw_ts, alert_id, op):
+                continue
+            self._seq += 1
+            flagged_at = datetime.fromtimestamp(rw_ts / 1000, tz=timezone.utc)
+            alerts.append(make_alert(seq=rw_ts, op=op, row=values, flagged_at=flagged_at))
+            changes.append((rw_ts, alert_id, op))
+        if not changes:
+            return None
+        return Batch(alerts=alerts, position=changes, read=len(changes),
+                     oldest_at=alerts[0].logged_at)
+
+    def ack(self, batch: Batch) -> None:
+        self.resume.advance(batch.position)
+        self._conn.execute(
+            "insert into sentinel_alerts.sink_positions (sink, position, updated_at) values (%s, %s, now())",
+            (self.sink, self.resume.since_ms))
+        self.position = self.resume.since_ms
+        self.delivered += len(batch.alerts)
+
+    def reset(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    close = reset
+
+
+# --------------------------------------------------------------------------------------------
+# Materialize: SUBSCRIBE ... WITH (PROGRESS) AS OF (compiled here, executed only against Materialize)
+# --------------------------------------------------------------------------------------------
+
+def mz_subscribe_statement(cursor: str, relation: str, as_of: int | None) -> sql.Composed:
+    """DECLARE a SUBSCRIBE cursor resuming after `as_of` (every update at or before it was delivered).
+
+    AS OF t with SNAPSHOT = false emits only updates later than t; it needs the view's retained
+    history to reach back to t (the dbt post-hook sets RETAIN HISTORY)."""
+    target = sql.SQL(".").join(sql.Identifier(p) for p in relation.split("."))
+    if as_of is None:
+        return sql.SQL("declare {} cursor for subscribe {} with (progress)").format(
+            sql.Identifier(cursor), target)
+    return sql.SQL("declare {} cursor for subscribe {} with (progress, snapshot = false) as of {}").format(
+        sql.Identifier(cursor), target, sql.Literal(int(as_of)))
+
+
+def mz_fetch_statement(cursor: str, timeout_s: float) -> sql.Composed:
+    return sql.SQL("fetch all {} with (timeout = {})").format(
+        sql.Identifier(cursor), sql.Literal(f"{max(timeout_s, 0.0):.3f}s"))
+
+
+def decode_mz_rows(columns: list[str], rows: Iterable[tuple[Any, ...]]
+                   ) -> tuple[list[tuple[int, str, dict[str, Any]]], int | None]:
+    """Updates (mz_timestamp, op, row) — a diff of n emits |n| changes — and the last progress frontier.
+
+    A progress row with timestamp t means every update before t has been emitted: the position to
+    store is then t - 1 (as of t - 1, snapshot false, resumes with the updates at t and later)."""
+    updates: list[tuple[int, str, dict[str, Any]]] = []
+    frontier: int | None = None
+    for row in rows:
+        values = dict(zip(columns, row))
+        ts = int(values.pop("mz_timestamp"))
+        progressed = values.pop("mz_progressed", False)
+        diff = values.pop("mz_diff")
+        if progressed:
+            frontier = ts
+            continue
+        op = "+" if int(diff) > 0 else "-"
+        updates.extend((ts, op, values) for _ in range(abs(int(diff))))
+    return updates, frontier
+
+
+class MaterializeReader:
+    """One sink's SUBSCRIBE to the alert view; the position is a complete mz_timestamp frontier."""
+
+    def __init__(self, dsn: str, sink: str, kind: str, *, from_now: bool = False,
+                 relation: str = ALERT_VIEW, wake: threading.Event | None = None) -> None:
+        self.dsn, self.sink, self.kind, self.from_now = dsn, sink, kind, from_now
+        self.relation = relation
+        self.cursor = "sentinel_alerts_sub"
+        self.position: int | None = None
+        self.delivered = 0
+        self.created = False
+        self._conn: psycopg.Connection | None = None
+        self._pending: list[tuple[int, str, dict[str, Any]]] = []
+        self._skip_snapshot = False
+
+    def open(self) -> None:
+        conn = psycopg.connect(self.dsn, connect_timeout=5, application_name="sentinel-alerts")
+        conn.autocommit = False
+        row = conn.execute("select max(position) from sentinel_alerts.sink_positions where sink = %s",
+                           (self.sink,)).fetchone()
+        conn.commit()
+        self.position = int(row[0]) if row and row[0] is not None else None
+        self.created = self.position is None
+        # a new sink from now: a fresh SUBSCRIBE whose first (snapshot) updates are skipped
+        self._skip_snapshot = self.created and self.from_now
+        conn.execute(mz_subscribe_statement(self.cursor, self.relation, self.position))
+        self._conn = conn
+
+    def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
+        if self._conn is None or self._conn.closed:
+            self.open()
+        cur = self._conn.execute(mz_fetch_statement(self.cursor, wait))
+        columns = [d.name for d in cur.description or []]
+        updates, frontier = decode_mz_rows(columns, cur.fetchall())
+        self._pending.extend(updates)
+        if frontier is None:
+            return None
+        complete = [u for u in self._pending if u[0] < frontier]
+        self._pending = [u for u in self._pending if u[0] >= frontier]
+        if self._skip_snapshot:
+            complete, self._skip_snapshot = [], False
+        alerts = [make_alert(seq=ts, op=op, row=values,
+                             flagged_at=datetime.fromtimestamp(ts / 1000, tz=timezone.utc))
+                  for ts, op, values in complete]
+        return Batch(alerts=alerts, position=frontier - 1, read=len(complete),
+                     oldest_at=alerts[0].logged_at if alerts else None)
+
+    def ack(self, batch: Batch) -> None:
+        # a separate connection: the SUBSCRIBE transaction stays open on the reading one
+        with psycopg.connect(self.dsn, connect_timeout=5) as conn:
+            conn.execute("delete from sentinel_alerts.sink_positions where sink = %s", (self.sink,))
+            conn.execute("insert into sentinel_alerts.sink_positions (sink, position) values (%s, %s)",
+                         (self.sink, batch.position))
+        self.position = batch.position
+        self.delivered += len(batch.alerts)
+
+    def reset(self) -> None:
+        self._pending = []
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    close = reset
+
+
+def make_reader(engine: str, dsn: str, sink: str, kind: str, *, from_now: bool,
+                wake: threading.Event | None = None) -> Reader:
+    """The reader for the engine behind `dsn`."""
+    cls = {"postgres": PostgresReader, "risingwave": RisingWaveReader,
+           "materialize": MaterializeReader}[engine]
+    return cls(dsn, sink, kind, from_now=from_now, wake=wake)
