@@ -30,6 +30,7 @@ def compose() -> dict:
 
 def compose_schema() -> dict:
     """The Compose specification's schema, as vendored by check-jsonschema (from SchemaStore)."""
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema (dev dependency) ships the compose-spec schema")
     return json.loads(files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
 
 
