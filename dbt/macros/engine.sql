@@ -169,3 +169,18 @@
     where {{ sentinel_source_row_is_valid() }}
     order by txn_id, ingested_at
 {%- endmacro %}
+
+
+{#- RisingWave and Materialize declare postgres as their parent adapter, so they would inherit the
+    postgres__ versions above; these send them to the portable default__ instead. -#}
+{% macro risingwave__sentinel_bytewise(expr) %}{{ return(default__sentinel_bytewise(expr)) }}{% endmacro %}
+{% macro materialize__sentinel_bytewise(expr) %}{{ return(default__sentinel_bytewise(expr)) }}{% endmacro %}
+
+{% macro risingwave__sentinel_haversine_km(lat1, lon1, lat2, lon2) %}{{ return(default__sentinel_haversine_km(lat1, lon1, lat2, lon2)) }}{% endmacro %}
+{% macro materialize__sentinel_haversine_km(lat1, lon1, lat2, lon2) %}{{ return(default__sentinel_haversine_km(lat1, lon1, lat2, lon2)) }}{% endmacro %}
+
+{% macro risingwave__sentinel_format_int(expr) %}{{ return(default__sentinel_format_int(expr)) }}{% endmacro %}
+{% macro materialize__sentinel_format_int(expr) %}{{ return(default__sentinel_format_int(expr)) }}{% endmacro %}
+
+{% macro risingwave__sentinel_format_amount(expr) %}{{ return(default__sentinel_format_amount(expr)) }}{% endmacro %}
+{% macro materialize__sentinel_format_amount(expr) %}{{ return(default__sentinel_format_amount(expr)) }}{% endmacro %}
