@@ -44,9 +44,29 @@ def redact(dsn: str) -> str:
     return make_conninfo(**parts)
 
 
+def statements(text: str) -> list[str]:
+    """Split a DDL file without function bodies into statements (RisingWave/Materialize files)."""
+    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+
 def apply(dsn: str, *, engine: str = "postgres", role_passwords: dict[str, str] | None = None) -> list[str]:
-    """Apply every SQL file of the engine in one transaction; returns the files applied."""
+    """Apply every SQL file of the engine; returns the files applied.
+
+    On PostgreSQL all files run in one transaction under an advisory lock (a concurrent `sentinel up`
+    waits). RisingWave and Materialize have neither multi-statement DDL transactions nor advisory
+    locks: there each statement runs on its own (every file is idempotent).
+    """
     files = sql_files(engine)
+    if engine != "postgres":
+        with connect(dsn, autocommit=True) as conn:
+            for path in files:
+                for stmt in statements(path.read_text()):
+                    try:
+                        conn.execute(stmt)
+                    except psycopg.Error as exc:
+                        raise SentinelError(f"{path.relative_to(SQL_ROOT.parent)}: {exc.diag.message_primary or exc}") from None
+        return [p.name for p in files]
     with connect(dsn) as conn:
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", (APPLY_LOCK_KEY,))
