@@ -1,0 +1,250 @@
+"""Install a planned model: its table, its content (backfill or diff), its triggers, its registry row.
+
+Runs inside the caller's transaction (dbt's), on any DB-API cursor with `%s` parameters. Input
+writers are held by a SHARE ROW EXCLUSIVE lock on the source tables upstream of the model while
+the new content is computed, so a redeploy under load loses nothing and counts nothing twice.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel.ivm.planner import IvmUnsupported, P, Plan, _cols, _match, _q, _qi, plan
+
+EVENTS = {"insert": "i", "delete": "d", "update": "u"}
+
+
+@dataclass
+class DeployResult:
+    """What a deploy did, for dbt's log line."""
+
+    relation: str
+    shape: str
+    action: str  # unchanged | created | recreated | diffed
+    inserted: int = 0
+    deleted: int = 0
+
+    def message(self) -> str:
+        if self.action == "diffed":
+            return f"{self.action} {self.shape} (+{self.inserted} -{self.deleted})"
+        return f"{self.action} {self.shape}"
+
+
+def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: list[str] | None = None,
+                 force: bool = False) -> DeployResult:
+    """Create or update a maintained model so that it equals its SQL and stays so."""
+    p = plan(sql, model=model, relation=relation, unique_key=unique_key)
+    reg = _registry(cur, relation)
+    kind = _relkind(cur, relation)
+    if (not force and reg and reg["fingerprint"] == p.fingerprint and kind == "r"
+            and _triggers_present(cur, p)):
+        return DeployResult(relation, p.shape, "unchanged")
+    for rel in p.inputs:
+        k = _relkind(cur, rel)
+        if k is None:
+            raise IvmUnsupported(model, f"its input {rel} does not exist")
+        if k not in ("r", "p"):
+            raise IvmUnsupported(model, f"its input {rel} is a view, not a table",
+                                 "make the input model ephemeral or materialized_view")
+    roots = _roots(cur, p.inputs)
+    for group in p.joined:
+        shared = [set(_roots(cur, [g])) for g in group]
+        for i in range(len(shared)):
+            for j in range(i + 1, len(shared)):
+                if shared[i] & shared[j]:
+                    raise IvmUnsupported(
+                        model, f"a join of {group[i]} and {group[j]}, which change in the same statement "
+                        f"(both derive from {', '.join(sorted(shared[i] & shared[j]))})",
+                        "carry the columns through the upstream model instead of joining back")
+    # Hold writers: upstream sources first (sorted, one order for everyone), then the global lock.
+    for rel in sorted(set(roots) | set(p.inputs)):
+        cur.execute(f"lock table {_q(rel)} in share row exclusive mode")
+    cur.execute("select sentinel_ivm.lock()")
+    if reg:
+        _drop_triggers(cur, relation, reg["inputs"])
+    tmp = f"{P}next"
+    cur.execute(f"drop table if exists pg_temp.{tmp}")
+    cur.execute(f"create temp table {tmp} on commit drop as {p._tree.sql('postgres')}")
+    cur.execute(
+        "select attname, format_type(atttypid, atttypmod) from pg_attribute "
+        "where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum",
+        (f"pg_temp.{tmp}",))
+    new_cols = [(r[0], r[1]) for r in cur.fetchall()]
+    if len({c for c, _ in new_cols}) != len(new_cols):
+        raise IvmUnsupported(model, "duplicate output column names")
+    p.columns = [c for c, _ in new_cols]
+    for c in p.locator:
+        if c not in p.columns:
+            raise IvmUnsupported(model, f"unique_key column {c!r} is not an output column")
+    old_cols = _columns(cur, relation) if kind == "r" else None
+    result = DeployResult(relation, p.shape, "created")
+    dependents: list[dict] = []
+    if old_cols == new_cols:
+        result.action = "diffed"
+        result.deleted, result.inserted = _apply_diff(cur, relation, p.columns, tmp)
+    else:
+        if kind is not None:
+            dependents = _dependents(cur, relation)
+            word = "table" if kind == "r" else ("view" if kind == "v" else "materialized view" if kind == "m" else "table")
+            cur.execute(f"drop {word} {_q(relation)} cascade")
+            result.action = "recreated"
+        schema = relation.split(".")[0]
+        cur.execute(f"create schema if not exists {_qi(schema)}")
+        cols_ddl = ", ".join(f"{_qi(c)} {t}" for c, t in new_cols)
+        cur.execute(f"create table {_q(relation)} ({cols_ddl})")
+        cur.execute(f"insert into {_q(relation)} select * from pg_temp.{tmp}")
+        result.inserted = cur.rowcount
+    cur.execute(f"drop table pg_temp.{tmp}")
+    _ensure_indexes(cur, p)
+    _install_triggers(cur, p)
+    cur.execute(
+        "insert into sentinel_ivm.models (relation, model, shape, inputs, roots, columns, locator, sql, fingerprint) "
+        "values (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "on conflict (relation) do update set model = excluded.model, shape = excluded.shape, "
+        "inputs = excluded.inputs, roots = excluded.roots, columns = excluded.columns, locator = excluded.locator, "
+        "sql = excluded.sql, fingerprint = excluded.fingerprint, refreshed_at = now(), "
+        "installed_at = case when sentinel_ivm.models.fingerprint = excluded.fingerprint "
+        "then sentinel_ivm.models.installed_at else now() end",
+        (relation, model, p.shape, p.inputs, sorted(roots), p.columns, p.locator, sql, p.fingerprint))
+    # Dependents lost their triggers with the dropped table: rebuild them from their registered SQL.
+    for dep in dependents:
+        deploy_model(cur, model=dep["model"], relation=dep["relation"], sql=dep["sql"],
+                     unique_key=dep["locator"] if dep["shape"] == "linear" else None, force=True)
+    return result
+
+
+def drop_model(cur: Any, relation: str) -> None:
+    """Remove a model's triggers, functions and registry row (the table is the caller's)."""
+    reg = _registry(cur, relation)
+    if reg:
+        _drop_triggers(cur, relation, reg["inputs"])
+        cur.execute("delete from sentinel_ivm.models where relation = %s", (relation,))
+
+
+# ----- pieces -----------------------------------------------------------------------------
+
+def _registry(cur: Any, relation: str) -> dict | None:
+    cur.execute("select to_regclass('sentinel_ivm.models') is not null")
+    if not cur.fetchone()[0]:
+        raise IvmUnsupported(relation, "the schema sentinel_ivm is missing",
+                             "apply sql/postgres (run `sentinel up`) before `dbt run`")
+    cur.execute("select model, relation, shape, inputs, roots, locator, sql, fingerprint "
+                "from sentinel_ivm.models where relation = %s", (relation,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    keys = ["model", "relation", "shape", "inputs", "roots", "locator", "sql", "fingerprint"]
+    return dict(zip(keys, row))
+
+
+def _dependents(cur: Any, relation: str) -> list[dict]:
+    cur.execute("select relation from sentinel_ivm.models where %s = any(inputs) order by relation", (relation,))
+    return [_registry(cur, r[0]) for r in cur.fetchall()]
+
+
+def _relkind(cur: Any, relation: str) -> str | None:
+    cur.execute("select c.relkind::text from pg_class c where c.oid = to_regclass(%s)", (_q(relation),))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _columns(cur: Any, relation: str) -> list[tuple[str, str]]:
+    cur.execute(
+        "select attname, format_type(atttypid, atttypmod) from pg_attribute "
+        "where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum", (_q(relation),))
+    return [(r[0], r[1]) for r in cur.fetchall()]
+
+
+def _roots(cur: Any, inputs: list[str]) -> list[str]:
+    roots: set[str] = set()
+    for rel in inputs:
+        cur.execute("select roots from sentinel_ivm.models where relation = %s", (rel,))
+        row = cur.fetchone()
+        roots.update(row[0] if row else [rel])
+    return sorted(roots)
+
+
+def _apply_diff(cur: Any, relation: str, cols: list[str], tmp: str) -> tuple[int, int]:
+    """Make the table equal the new content with the fewest row changes (multiset difference)."""
+    n = f"{P}n"
+    cur.execute(
+        f"with o as (select t.ctid as {P}ctid, t.*, row_number() over (partition by {_cols(cols, 't')}) as {n} "
+        f"from {_q(relation)} as t),\n"
+        f"f as (select x.*, row_number() over (partition by {_cols(cols, 'x')}) as {n} from pg_temp.{tmp} as x)\n"
+        f"delete from {_q(relation)} as d using o where d.ctid = o.{P}ctid "
+        f"and not exists (select from f where {_match(cols, 'f', 'o')} and f.{n} = o.{n})")
+    deleted = cur.rowcount
+    cur.execute(
+        f"with o as (select t.*, row_number() over (partition by {_cols(cols, 't')}) as {n} from {_q(relation)} as t),\n"
+        f"f as (select x.*, row_number() over (partition by {_cols(cols, 'x')}) as {n} from pg_temp.{tmp} as x)\n"
+        f"insert into {_q(relation)} ({_cols(cols)}) select {_cols(cols, 'f')} from f "
+        f"where not exists (select from o where {_match(cols, 'f', 'o')} and f.{n} = o.{n})")
+    return deleted, cur.rowcount
+
+
+def _short(relation: str, tag: str) -> str:
+    h = hashlib.sha1(relation.encode()).hexdigest()[:8]
+    base = relation.split(".")[-1][:40]
+    return f"ivm_{base}_{h}_{tag}"
+
+
+def _ensure_indexes(cur: Any, p: Plan) -> None:
+    if p.shape == "aggregate":
+        cur.execute(f"create unique index if not exists {_qi(_short(p.relation, 'key'))} on {_q(p.relation)} "
+                    f"({_cols(p.group_keys)}) nulls not distinct")
+    elif p.locator:
+        cur.execute(f"create index if not exists {_qi(_short(p.relation, 'loc'))} on {_q(p.relation)} "
+                    f"({_cols(p.locator)})")
+
+
+def _func_name(relation: str, source: str, event: str) -> str:
+    h = hashlib.sha1(f"{relation}|{source}".encode()).hexdigest()[:10]
+    name = relation.split(".")[-1][:32]
+    return "sentinel_ivm." + _qi(f"m_{name}_{h}_{EVENTS[event]}")
+
+
+def _trigger_name(relation: str, event: str) -> str:
+    h = hashlib.sha1(relation.encode()).hexdigest()[:10]
+    return f"ivm_{relation.split('.')[-1][:32]}_{h}_{EVENTS[event]}"
+
+
+def _install_triggers(cur: Any, p: Plan) -> None:
+    for source in p.inputs:
+        for event in EVENTS:
+            stmts = p.statements(source, event)
+            fn = _func_name(p.relation, source, event)
+            check = {"insert": f"{P}new", "delete": f"{P}old", "update": f"{P}new"}[event]
+            prelude = ""
+            if event == "update" and p.shape != "linear":
+                prelude = f"\n    -- recompute shapes read old and new rows as one delta\n"
+                stmts = [s.replace(f"{P}oldnew", f"(select * from {P}old union all select * from {P}new)") for s in stmts]
+            body = "\n".join(f"    {s.strip()};" for s in stmts)
+            cur.execute(
+                f"create or replace function {fn}() returns trigger\n"
+                f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
+                f"begin{prelude}\n"
+                f"    if not exists (select from {check}) then return null; end if;\n"
+                f"    perform sentinel_ivm.lock();\n{body}\n    return null;\nend\n$ivm$")
+            cur.execute(f"revoke all on function {fn}() from public")
+            refs = {"insert": f"new table as {P}new", "delete": f"old table as {P}old",
+                    "update": f"old table as {P}old new table as {P}new"}[event]
+            tg = _trigger_name(p.relation, event)
+            cur.execute(f"drop trigger if exists {_qi(tg)} on {_q(source)}")
+            cur.execute(f"create trigger {_qi(tg)} after {event} on {_q(source)} referencing {refs} "
+                        f"for each statement execute function {fn}()")
+
+
+def _drop_triggers(cur: Any, relation: str, inputs: list[str]) -> None:
+    for source in inputs:
+        if _relkind(cur, source) is None:
+            continue
+        for event in EVENTS:
+            cur.execute(f"drop trigger if exists {_qi(_trigger_name(relation, event))} on {_q(source)}")
+            cur.execute(f"drop function if exists {_func_name(relation, source, event)}()")
+
+
+def _triggers_present(cur: Any, p: Plan) -> bool:
+    cur.execute("select count(*) from pg_trigger where tgname = any(%s) and not tgisinternal",
+                ([_trigger_name(p.relation, e) for e in EVENTS],))
+    return cur.fetchone()[0] == len(EVENTS) * len(p.inputs)

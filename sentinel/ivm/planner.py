@@ -1,0 +1,629 @@
+"""Derive the delta SQL that keeps a model's table current from the model's own compiled SQL.
+
+A model is classified into one of three shapes (see dbt/README.md, "Incremental maintenance"):
+linear (select/project/filter/union all, joins with one changing side), per-key window
+(backward-looking frames over `partition by K order by T`), or aggregate (group by with
+count/sum/min/max). For each input relation the planner emits the statements a statement-level
+trigger runs, reading the transition table in place of the input. Anything else is rejected with
+an `IvmUnsupported` naming the model and the construct.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+
+DIALECT = "postgres"
+PLAN_VERSION = "3"
+
+# Names the generated SQL introduces; a model's own names never start with this prefix.
+P = "__ivm_"
+
+_VOLATILE = {
+    "now", "random", "clock_timestamp", "statement_timestamp", "transaction_timestamp",
+    "timeofday", "current_timestamp", "current_date", "current_time", "localtime",
+    "localtimestamp", "gen_random_uuid", "nextval", "setseed", "txid_current", "uuid_generate_v4",
+}
+_FORWARD_WINDOW_FUNCS = {"lead", "ntile", "percent_rank", "cume_dist", "last_value", "nth_value"}
+_UNBOUNDED_WINDOW_FUNCS = {"row_number", "rank", "dense_rank", "first_value"}
+
+
+class IvmUnsupported(Exception):
+    """The model's SQL has a construct the materialization cannot maintain incrementally."""
+
+    def __init__(self, model: str, construct: str, hint: str = "") -> None:
+        self.model = model
+        self.construct = construct
+        msg = f"model {model!r} cannot be maintained incrementally: {construct}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class Lookback:
+    """How far before t0 a per-key window recomputation must read its inputs."""
+
+    interval: str | None = None  # range frames: t0 - interval
+    rows: int = 0  # rows frames / lag: the N-th earlier row of the key
+    unbounded: bool = False  # the key's whole history (row_number, unbounded frames)
+
+
+@dataclass
+class Plan:
+    """What the deployer needs: shape, inputs, the columns that locate rows, the trigger SQL."""
+
+    model: str
+    relation: str  # schema.table of the model's table
+    shape: str  # linear | window | aggregate
+    inputs: list[str]  # schema.table of every relation the model reads
+    joined: list[list[str]] = field(default_factory=list)  # inputs joined in one select
+    locator: list[str] = field(default_factory=list)  # columns indexed to find model rows
+    group_keys: list[str] = field(default_factory=list)  # aggregate: unique key of the table
+    columns: list[str] = field(default_factory=list)  # output columns (set by the deployer)
+    fingerprint: str = ""
+    _tree: exp.Expression | None = None
+    _info: dict = field(default_factory=dict)
+
+    def statements(self, relation: str, event: str) -> list[str]:
+        """SQL a trigger on `relation` runs for `event` ('insert'|'delete'|'update').
+
+        The transition tables are visible as `__ivm_new` and `__ivm_old`.
+        """
+        if self.shape == "linear":
+            if event == "insert":
+                return [self._linear_insert(relation, f"{P}new")]
+            if event == "delete":
+                return [self._linear_delete(relation, f"{P}old")]
+            return [self._linear_delete(relation, f"{P}old"), self._linear_insert(relation, f"{P}new")]
+        if self.shape == "window":
+            return self._window_recompute(relation, _delta_name(event))
+        if self.shape == "aggregate":
+            if event == "insert":
+                return [self._aggregate_merge(relation, f"{P}new")]
+            return self._aggregate_recompute(relation, _delta_name(event))
+        raise AssertionError(self.shape)
+
+    # ----- linear -------------------------------------------------------------------------
+    def _linear_insert(self, relation: str, delta: str) -> str:
+        q = _derive(self._tree, relation, delta)
+        return f"insert into {_q(self.relation)} ({_cols(self.columns)})\n{q}"
+
+    def _linear_delete(self, relation: str, delta: str) -> str:
+        q = _derive(self._tree, relation, delta)
+        return _multiset_delete(self.relation, self.columns, self.locator, q)
+
+    # ----- window -------------------------------------------------------------------------
+    def _window_recompute(self, relation: str, delta: str) -> list[str]:
+        info = self._info
+        tree: exp.Select = self._tree.copy()
+        ctes = _pop_ctes(tree)
+        reach = _reaching(ctes, relation)
+        out: list[exp.CTE] = []
+        # 1. the window's input over the delta: affected keys and t0 per key
+        scope_path = info["scope"]  # cte name or "" for the main select
+        names = [c.alias for c in ctes]
+        cut = names.index(scope_path) if scope_path else len(ctes)
+        for cte in ctes[:cut]:
+            if cte.alias in reach:
+                d = cte.this.copy()
+                _replace_inputs(d, relation, delta, reach)
+                out.append(_cte(P + "d_" + cte.alias, d))
+        scope = tree if scope_path == "" else next(c.this for c in ctes if c.alias == scope_path)
+        src: exp.Expression = scope.args["from_"].this
+        alias = src.alias_or_name
+        where = scope.args.get("where")
+        keys_sql = [k.sql(DIALECT) for k in info["keys"]]
+        t_sql = info["order"].sql(DIALECT)
+        d_src = exp.Subquery(this=exp.select("*").from_(src.copy()))
+        _replace_inputs(d_src, relation, delta, reach)
+        d_src = d_src.this.args["from_"].this
+        d_src = _as_alias(d_src, alias)
+        kcols = [f"{P}k{i}" for i in range(len(keys_sql))]
+        sel = ", ".join(f"{k} as {c}" for k, c in zip(keys_sql, kcols))
+        wh = f"where {where.this.sql(DIALECT)}" if where else ""
+        out.append(_cte(P + "keys", sqlglot.parse_one(
+            f"select {sel}, min({t_sql}) as {P}t0 from {d_src.sql(DIALECT)} {wh} "
+            f"group by {', '.join(str(i + 1) for i in range(len(kcols)))}", read=DIALECT)))
+        # 2. the lower bound of the inputs each key's recomputation reads
+        o_src = _as_alias(src.copy(), alias).sql(DIALECT)
+        key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(keys_sql, kcols))
+        extra = f" and ({where.this.sql(DIALECT)})" if where else ""
+        lb = info["lookback"]
+        bounds = [f"{P}kk.{P}t0"]
+        if lb.interval:
+            bounds.append(f"{P}kk.{P}t0 - {lb.interval}")
+        key_min = f"(select min({t_sql}) from {o_src} where {key_match}{extra})"
+        if lb.unbounded:
+            bounds.append(key_min)
+        elif lb.rows:
+            bounds.append(
+                f"coalesce((select {t_sql} from {o_src} where {key_match}{extra} and {t_sql} < {P}kk.{P}t0"
+                f" order by {t_sql} desc offset {lb.rows - 1} limit 1), {key_min})")
+        bounds_cte = (_cte(P + "bounds", sqlglot.parse_one(
+            f"select {P}kk.*, least({', '.join(bounds)}) as {P}lb from {P}keys as {P}kk", read=DIALECT)))
+        # 3. the model, its window input restricted to the affected keys from their lower bound
+        restricted = sqlglot.parse_one(
+            f"select {_qi(alias)}.* from {P}bounds as {P}kk cross join lateral "
+            f"(select * from {o_src} where {key_match} and {t_sql} >= {P}kk.{P}lb) as {_qi(alias)}",
+            read=DIALECT)
+        scope.args["from_"].set("this", exp.Subquery(this=restricted, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+        for i, cte in enumerate(ctes):
+            if i == cut:
+                out.append(bounds_cte)
+            if cte.alias in reach:
+                cte.set("materialized", False)
+            out.append(cte)
+        if cut == len(ctes):
+            out.append(bounds_cte)
+        out_keys = info["out_keys"]
+        out_t = info["out_order"]
+        fresh_filter = " and ".join(
+            [f"{P}f.{_qi(c)} = {P}kk.{k}" for c, k in zip(out_keys, kcols)]
+            + [f"{P}f.{_qi(out_t)} >= {P}kk.{P}t0"])
+        out.append(_cte(P + "fresh", sqlglot.parse_one(
+            f"select {P}f.* from ({tree.sql(DIALECT)}) as {P}f where exists "
+            f"(select from {P}keys as {P}kk where {fresh_filter})", read=DIALECT)))
+        old_filter = " and ".join(
+            [f"{P}m.{_qi(c)} = {P}kk.{k}" for c, k in zip(out_keys, kcols)]
+            + [f"{P}m.{_qi(out_t)} >= {P}kk.{P}t0"])
+        prefix = "with " + ",\n".join(c.sql(DIALECT) for c in out)
+        old = f"select {P}m.* from {_q(self.relation)} as {P}m join {P}keys as {P}kk on {old_filter}"
+        old_ctid = f"select {P}m.ctid as {P}ctid, {P}m.* from {_q(self.relation)} as {P}m join {P}keys as {P}kk on {old_filter}"
+        cols = self.columns
+        delete = (
+            f"{prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old_ctid}) as o),\n"
+            f"{P}fresh_n as (select f.*, row_number() over (partition by {_cols(cols, 'f')}) as {P}n from {P}fresh as f)\n"
+            f"delete from {_q(self.relation)} as {P}t using {P}old_n as o\n"
+            f"where {P}t.ctid = o.{P}ctid and not exists (select from {P}fresh_n as f where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
+        insert = (
+            f"{prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old}) as o),\n"
+            f"{P}fresh_n as (select f.*, row_number() over (partition by {_cols(cols, 'f')}) as {P}n from {P}fresh as f)\n"
+            f"insert into {_q(self.relation)} ({_cols(cols)})\n"
+            f"select {_cols(cols, 'f')} from {P}fresh_n as f\n"
+            f"where not exists (select from {P}old_n as o where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
+        return [delete, insert]
+
+    # ----- aggregate ----------------------------------------------------------------------
+    def _aggregate_merge(self, relation: str, delta: str) -> str:
+        q = _derive(self._tree, relation, delta)
+        sets = []
+        for col, kind in self._info["agg_cols"].items():
+            c, t = _qi(col), f"{_q(self.relation)}.{_qi(col)}"
+            if kind == "count":
+                sets.append(f"{c} = {t} + excluded.{c}")
+            elif kind == "sum":
+                sets.append(f"{c} = coalesce({t} + excluded.{c}, {t}, excluded.{c})")
+            elif kind == "min":
+                sets.append(f"{c} = least({t}, excluded.{c})")
+            elif kind == "max":
+                sets.append(f"{c} = greatest({t}, excluded.{c})")
+        action = f"do update set {', '.join(sets)}" if sets else "do nothing"
+        return (f"insert into {_q(self.relation)} ({_cols(self.columns)})\n{q}\n"
+                f"on conflict ({_cols(self.group_keys)}) {action}")
+
+    def _aggregate_recompute(self, relation: str, delta: str) -> list[str]:
+        """Deletes reach an aggregate: recompute the groups they touch from the inputs."""
+        dq = _derive(self._tree, relation, delta)
+        gk = self.group_keys
+        gsel = ", ".join(f"x.{_qi(c)} as {P}g{i}" for i, c in enumerate(gk))
+        touched_cte = f"{P}g as (select distinct {gsel} from ({dq}) as x)"
+        match = " and ".join(f"{P}g.{P}g{i} is not distinct from {P}t.{_qi(c)}" for i, c in enumerate(gk))
+        delete = f"with {touched_cte}\ndelete from {_q(self.relation)} as {P}t using {P}g where {match}"
+        tree = self._tree.copy()
+        ctes = _pop_ctes(tree)
+        gexprs: list[exp.Expression] = self._info["group_exprs"]
+        cond = " and ".join(f"{P}g.{P}g{i} is not distinct from ({e.sql(DIALECT)})" for i, e in enumerate(gexprs))
+        tree.where(f"exists (select from {P}g where {cond})", dialect=DIALECT, copy=False)
+        body = ",\n".join([touched_cte] + [c.sql(DIALECT) for c in ctes])
+        insert = f"with {body}\ninsert into {_q(self.relation)} ({_cols(self.columns)})\n{tree.sql(DIALECT)}"
+        return [delete, insert]
+
+
+# ----- planning ---------------------------------------------------------------------------
+
+def plan(sql: str, *, model: str, relation: str, unique_key: list[str] | None = None) -> Plan:
+    """Parse and classify a model's compiled SQL; raise IvmUnsupported for what cannot be maintained."""
+    try:
+        tree = sqlglot.parse_one(sql, read=DIALECT)
+    except sqlglot.errors.ParseError as e:
+        raise IvmUnsupported(model, f"SQL the planner cannot parse: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, (exp.Select, exp.Union)):
+        raise IvmUnsupported(model, f"a {tree.key} statement (expected a select)")
+    _strip_catalog(tree)
+    _reject_common(tree, model)
+    ctes = {c.alias: c.this for c in (tree.args.get("with_").expressions if tree.args.get("with_") else [])}
+    inputs = sorted({_tname(t) for t in tree.find_all(exp.Table) if _tname(t) not in ctes and t.name not in ctes})
+    if not inputs:
+        raise IvmUnsupported(model, "no input relation")
+    p = Plan(model=model, relation=relation, shape="linear", inputs=inputs, _tree=tree)
+    windows = list(tree.find_all(exp.Window))
+    aggs = [a for a in tree.find_all(exp.AggFunc) if not a.find_ancestor(exp.Window)]
+    groups = list(tree.find_all(exp.Group))
+    if windows:
+        if aggs or groups:
+            raise IvmUnsupported(model, "window functions combined with aggregation",
+                                 "split them into two models")
+        _plan_window(p, tree, ctes, model)
+    elif aggs or groups:
+        _plan_aggregate(p, tree, ctes, model)
+    else:
+        _plan_linear(p, tree, ctes, model)
+    p.locator = list(unique_key or []) if p.shape == "linear" else p.locator
+    p.fingerprint = hashlib.sha256(
+        "\x00".join([PLAN_VERSION, sql, relation, ",".join(unique_key or [])]).encode()).hexdigest()[:32]
+    return p
+
+
+def _reject_common(tree: exp.Expression, model: str) -> None:
+    w = tree.args.get("with_")
+    if w is not None and w.args.get("recursive"):
+        raise IvmUnsupported(model, "WITH RECURSIVE")
+    for node in tree.walk():
+        if isinstance(node, exp.Union) and node.args.get("distinct"):
+            raise IvmUnsupported(model, "UNION (distinct)", "use UNION ALL")
+        if isinstance(node, (exp.Intersect, exp.Except)):
+            raise IvmUnsupported(model, node.key.upper())
+        if isinstance(node, exp.Select) and node.args.get("distinct"):
+            raise IvmUnsupported(model, "SELECT DISTINCT")
+        if isinstance(node, exp.Limit) or isinstance(node, exp.Offset):
+            raise IvmUnsupported(model, "LIMIT/OFFSET")
+        if isinstance(node, exp.Having):
+            raise IvmUnsupported(model, "HAVING", "filter in a downstream model")
+        if isinstance(node, (exp.CurrentTimestamp, exp.CurrentDate, exp.CurrentTime, exp.Rand)):
+            raise IvmUnsupported(model, f"the volatile function {node.sql(DIALECT)}",
+                                 "its value changes without any insert")
+        if isinstance(node, (exp.Anonymous, exp.Func)):
+            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+            if name in _VOLATILE:
+                raise IvmUnsupported(model, f"the volatile function {name}()",
+                                     "its value changes without any insert")
+        if isinstance(node, exp.Join) and node.side in ("RIGHT", "FULL"):
+            raise IvmUnsupported(model, f"{node.side} JOIN", "use an inner or left join")
+        if isinstance(node, exp.Subquery) and not isinstance(node.parent, (exp.From, exp.Join, exp.Union)) \
+                and node.find(exp.Table):
+            raise IvmUnsupported(model, "a subquery in an expression", "join instead")
+        if isinstance(node, (exp.Exists, exp.In)) and node.find(exp.Select):
+            raise IvmUnsupported(model, "a subquery in an expression (EXISTS/IN)", "join instead")
+        if isinstance(node, exp.Order) and isinstance(node.parent, exp.Select) and node.parent.parent is None:
+            node.pop()  # a top-level ORDER BY does not change a table's contents
+
+
+def _plan_linear(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
+    for rel in p.inputs:
+        reach = _reaching_map(ctes, rel)
+        for sel in tree.find_all(exp.Select):
+            sources = _sources(sel)
+            hits = [s for s in sources if _reaches(s, rel, reach)]
+            if len(hits) > 1:
+                raise IvmUnsupported(model, f"a self-join of {rel}")
+            for j in sel.args.get("joins") or []:
+                if j.side == "LEFT" and _reaches(j.this, rel, reach):
+                    raise IvmUnsupported(model, f"{rel} on the right side of a LEFT JOIN",
+                                         "the changing input must be the preserved side")
+    for sel in tree.find_all(exp.Select):
+        names = []
+        for s in _sources(sel):
+            names.extend(rel for rel in p.inputs if _reaches(s, rel, _reaching_map(ctes, rel)))
+        if len(set(names)) > 1:
+            p.joined.append(sorted(set(names)))
+
+
+def _plan_window(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
+    p.shape = "window"
+    if len(p.inputs) != 1:
+        raise IvmUnsupported(model, f"window functions over {len(p.inputs)} inputs ({', '.join(p.inputs)})",
+                             "a per-key window model reads one input")
+    if not isinstance(tree, exp.Select):
+        raise IvmUnsupported(model, "a window model ending in UNION ALL", "union in a downstream model")
+    if any(sel.args.get("joins") for sel in tree.find_all(exp.Select)):
+        raise IvmUnsupported(model, "a join in a window model", "join in an upstream or downstream model")
+    windows = list(tree.find_all(exp.Window))
+    scopes = {id(w.find_ancestor(exp.Select)): w.find_ancestor(exp.Select) for w in windows}
+    if len(scopes) > 1:
+        raise IvmUnsupported(model, "window functions in more than one select", "chain two models")
+    scope = next(iter(scopes.values()))
+    if scope is tree:
+        scope_name = ""
+    else:
+        owner = [name for name, body in ctes.items() if body is scope]
+        if not owner:
+            raise IvmUnsupported(model, "window functions inside a nested subquery", "put them in a CTE")
+        scope_name = owner[0]
+    frm = scope.args.get("from_")
+    if frm is None or not isinstance(frm.this, (exp.Table, exp.Subquery)):
+        raise IvmUnsupported(model, "a window over something other than a table or CTE")
+    keys = None
+    order = None
+    lb = Lookback()
+    for w in windows:
+        fn = w.this
+        fname = (fn.name if isinstance(fn, exp.Anonymous) else fn.sql_name()).lower()
+        text = w.sql(DIALECT)
+        if fname in _FORWARD_WINDOW_FUNCS:
+            raise IvmUnsupported(model, f"{fname}() looks forward or at the whole partition: {text}")
+        part = w.args.get("partition_by") or []
+        if not part:
+            raise IvmUnsupported(model, f"a window without PARTITION BY: {text}")
+        if not all(isinstance(k, exp.Column) for k in part):
+            raise IvmUnsupported(model, f"PARTITION BY an expression: {text}", "compute it as a column upstream")
+        ordered = (w.args.get("order") or exp.Order(expressions=[])).expressions
+        if not ordered:
+            raise IvmUnsupported(model, f"a window without ORDER BY (it sees the whole partition): {text}")
+        if ordered[0].args.get("desc"):
+            raise IvmUnsupported(model, f"ORDER BY ... DESC in a window: {text}")
+        k = [c.name for c in part]
+        t = ordered[0].this
+        if not isinstance(t, exp.Column):
+            raise IvmUnsupported(model, f"a window ordered by an expression: {text}")
+        if keys is None:
+            keys, order = part, t
+        elif k != [c.name for c in keys] or t.name != order.name:
+            raise IvmUnsupported(model, "windows with different PARTITION BY or ORDER BY in one model")
+        lb = _merge(lb, _lookback(w, fname, model, text))
+    out = _output_names(tree, model)
+    missing = [c.name for c in keys if c.name not in out] + ([order.name] if order.name not in out else [])
+    if missing:
+        raise IvmUnsupported(model, f"the window's partition/order column(s) {', '.join(missing)} are not in the output",
+                             "select them under the same name")
+    p.locator = [c.name for c in keys] + [order.name]
+    p._info = dict(scope=scope_name, keys=[_unqualify(c) for c in keys], order=_unqualify(order),
+                   lookback=lb, out_keys=[c.name for c in keys], out_order=order.name)
+
+
+def _lookback(w: exp.Window, fname: str, model: str, text: str) -> Lookback:
+    spec = w.args.get("spec")
+    if fname == "lag":
+        off = w.this.args.get("offset")
+        if off is None:
+            return Lookback(rows=1)
+        if not (isinstance(off, exp.Literal) and not off.is_string):
+            raise IvmUnsupported(model, f"lag() with a non-literal offset: {text}")
+        return Lookback(rows=int(off.this))
+    if fname in _UNBOUNDED_WINDOW_FUNCS:
+        return Lookback(unbounded=True)
+    if spec is None:
+        return Lookback(unbounded=True)
+    end, end_side = spec.args.get("end"), spec.args.get("end_side")
+    if (end_side or "").lower() == "following" or str(end).upper() == "UNBOUNDED":
+        raise IvmUnsupported(model, f"a frame that looks forward: {text}")
+    start, side = spec.args.get("start"), (spec.args.get("start_side") or "").lower()
+    if side == "following":
+        raise IvmUnsupported(model, f"a frame that looks forward: {text}")
+    if str(start).upper() == "UNBOUNDED":
+        return Lookback(unbounded=True)
+    if str(start).upper() == "CURRENT ROW":
+        return Lookback()
+    if spec.args.get("kind", "").lower() == "rows":
+        if isinstance(start, exp.Literal) and not start.is_string:
+            return Lookback(rows=int(start.this))
+        raise IvmUnsupported(model, f"a ROWS frame with a non-literal offset: {text}")
+    if spec.args.get("kind", "").lower() == "range":
+        if isinstance(start, exp.Interval):
+            return Lookback(interval=start.sql(DIALECT))
+        raise IvmUnsupported(model, f"a RANGE frame whose offset is not an interval: {text}")
+    raise IvmUnsupported(model, f"the window frame {text}")
+
+
+def _merge(a: Lookback, b: Lookback) -> Lookback:
+    if a.interval and b.interval and a.interval != b.interval:
+        interval = f"greatest({a.interval}, {b.interval})"
+    else:
+        interval = a.interval or b.interval
+    return Lookback(interval=interval, rows=max(a.rows, b.rows), unbounded=a.unbounded or b.unbounded)
+
+
+def _plan_aggregate(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
+    p.shape = "aggregate"
+    if len(p.inputs) != 1:
+        raise IvmUnsupported(model, f"an aggregate over {len(p.inputs)} inputs", "aggregate one input per model")
+    if not isinstance(tree, exp.Select) or not tree.args.get("group"):
+        raise IvmUnsupported(model, "aggregation outside the final select's GROUP BY")
+    for body in ctes.values():
+        if body.find(exp.AggFunc) or body.find(exp.Group):
+            raise IvmUnsupported(model, "aggregation inside a CTE", "aggregate in the final select")
+    if any(sel.args.get("joins") for sel in tree.find_all(exp.Select)):
+        raise IvmUnsupported(model, "a join in an aggregate model", "join in an upstream model")
+    proj = tree.expressions
+    gexprs: list[exp.Expression] = []
+    for g in tree.args["group"].expressions:
+        if isinstance(g, exp.Literal) and not g.is_string:
+            gexprs.append(proj[int(g.this) - 1].unalias())
+        elif isinstance(g, exp.Column) and not g.table and any(x.alias == g.name for x in proj):
+            gexprs.append(next(x for x in proj if x.alias == g.name).unalias())
+        else:
+            gexprs.append(g)
+    gsql = [g.sql(DIALECT) for g in gexprs]
+    group_cols: dict[str, exp.Expression] = {}
+    agg_cols: dict[str, str] = {}
+    for x in proj:
+        name = x.alias_or_name
+        e = x.unalias()
+        if e.sql(DIALECT) in gsql:
+            group_cols[name] = e
+            continue
+        inner = e.this if isinstance(e, exp.Filter) else e
+        kind = {exp.Count: "count", exp.Sum: "sum", exp.Min: "min", exp.Max: "max"}.get(type(inner))
+        if kind is None:
+            raise IvmUnsupported(model, f"the output {x.sql(DIALECT)}",
+                                 "only group keys and count/sum/min/max (with FILTER) are maintained; "
+                                 "compute averages and ratios in a view or downstream model")
+        if isinstance(inner, exp.Count) and inner.args.get("this") is not None and isinstance(inner.this, exp.Distinct):
+            raise IvmUnsupported(model, f"count(distinct ...): {x.sql(DIALECT)}")
+        agg_cols[name] = kind
+    if len(group_cols) != len(gexprs):
+        raise IvmUnsupported(model, "a GROUP BY expression that is not selected as an output column")
+    p.group_keys = list(group_cols)
+    p.locator = list(group_cols)
+    p._info = dict(agg_cols=agg_cols, group_exprs=[group_cols[c] for c in group_cols])
+
+
+# ----- SQL rewriting helpers --------------------------------------------------------------
+
+def _delta_name(event: str) -> str:
+    return {"insert": f"{P}new", "delete": f"{P}old", "update": f"{P}oldnew"}[event]
+
+
+def _strip_catalog(tree: exp.Expression) -> None:
+    """dbt qualifies relations with the database name; keep schema.table so SQL survives renames."""
+    for t in tree.find_all(exp.Table):
+        if t.args.get("catalog") is not None:
+            t.set("catalog", None)
+
+
+def _tname(t: exp.Table) -> str:
+    return f"{t.db}.{t.name}" if t.db else t.name
+
+
+def _reaching_map(ctes: dict, rel: str) -> set[str]:
+    reach: set[str] = set()
+    for name, body in ctes.items():  # CTEs only refer to earlier ones
+        for t in body.find_all(exp.Table):
+            if (not t.db and t.name in reach) or _tname(t) == rel:
+                reach.add(name)
+                break
+    return reach
+
+
+def _reaching(ctes: list[exp.CTE], rel: str) -> set[str]:
+    return _reaching_map({c.alias: c.this for c in ctes}, rel)
+
+
+def _reaches(node: exp.Expression, rel: str, reach: set[str]) -> bool:
+    return any(_tname(t) == rel or (not t.db and t.name in reach) for t in node.find_all(exp.Table))
+
+
+def _sources(sel: exp.Select) -> list[exp.Expression]:
+    out = []
+    if sel.args.get("from_"):
+        out.append(sel.args["from_"].this)
+    out.extend(j.this for j in sel.args.get("joins") or [])
+    return out
+
+
+def _replace_inputs(node: exp.Expression, rel: str, delta: str, reach: set[str]) -> None:
+    """Point references to `rel` at the transition table and CTEs over it at their delta copies."""
+    for t in list(node.find_all(exp.Table)):
+        if _tname(t) == rel:
+            alias = t.alias_or_name
+            t.replace(exp.Table(this=exp.to_identifier(delta), alias=exp.TableAlias(this=exp.to_identifier(alias))))
+        elif not t.db and t.name in reach:
+            alias = t.alias_or_name
+            t.replace(exp.Table(this=exp.to_identifier(P + "d_" + t.name),
+                                alias=exp.TableAlias(this=exp.to_identifier(alias))))
+
+
+def _derive(tree: exp.Expression, rel: str, delta: str) -> str:
+    """The model's SQL over the delta of `rel`: rel -> transition table, union branches without it -> empty."""
+    t = tree.copy()
+    with_ = t.args.get("with_")
+    ctes = list(with_.expressions) if with_ else []
+    reach = _reaching(ctes, rel)
+    for u in list(t.find_all(exp.Union)):
+        for side in ("this", "expression"):
+            branch = u.args.get(side)
+            inner = branch.this if isinstance(branch, exp.Subquery) else branch
+            if isinstance(inner, exp.Select) and not _reaches(inner, rel, reach):
+                inner.where("false", copy=False)
+    for t_ in list(t.find_all(exp.Table)):
+        if _tname(t_) == rel:
+            alias = t_.alias_or_name
+            t_.replace(exp.Table(this=exp.to_identifier(delta), alias=exp.TableAlias(this=exp.to_identifier(alias))))
+    return t.sql(DIALECT)
+
+
+def _pop_ctes(tree: exp.Expression) -> list[exp.CTE]:
+    w = tree.args.get("with_")
+    if w is None:
+        return []
+    tree.set("with_", None)
+    return list(w.expressions)
+
+
+def _cte(name: str, body: exp.Expression) -> exp.CTE:
+    return exp.CTE(this=body, alias=exp.TableAlias(this=exp.to_identifier(name)))
+
+
+def _as_alias(src: exp.Expression, alias: str) -> exp.Expression:
+    if isinstance(src, exp.Table):
+        src.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+    elif isinstance(src, exp.Subquery):
+        src.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+    return src
+
+
+def _unqualify(c: exp.Column) -> exp.Column:
+    c = c.copy()
+    c.set("table", None)
+    return c
+
+
+def _output_names(tree: exp.Expression, model: str) -> list[str]:
+    sel = tree
+    while isinstance(sel, exp.Union):
+        sel = sel.this
+    names = []
+    for x in sel.expressions:
+        if isinstance(x, exp.Star) or (isinstance(x, exp.Column) and isinstance(x.this, exp.Star)):
+            return _star_names(tree, sel, model)
+        names.append(x.alias_or_name)
+    return names
+
+
+def _star_names(tree: exp.Expression, sel: exp.Select, model: str) -> list[str]:
+    """Names behind `select *` from a CTE chain (enough to find the partition/order columns)."""
+    with_ = tree.args.get("with_")
+    ctes = {c.alias: c.this for c in (with_.expressions if with_ else [])}
+    src = sel.args["from_"].this
+    if isinstance(src, exp.Table) and src.name in ctes:
+        return _output_names_of(ctes, ctes[src.name], model)
+    if isinstance(src, exp.Subquery):
+        return _output_names_of(ctes, src.this, model)
+    return ["*"]
+
+
+def _output_names_of(ctes: dict, sel: exp.Expression, model: str) -> list[str]:
+    while isinstance(sel, exp.Union):
+        sel = sel.this
+    names = []
+    for x in sel.expressions:
+        if isinstance(x, exp.Star) or (isinstance(x, exp.Column) and isinstance(x.this, exp.Star)):
+            src = sel.args["from_"].this
+            if isinstance(src, exp.Table) and src.name in ctes:
+                names.extend(_output_names_of(ctes, ctes[src.name], model))
+            else:
+                names.append("*")
+        else:
+            names.append(x.alias_or_name)
+    return names
+
+
+def _q(relation: str) -> str:
+    return ".".join(_qi(p) for p in relation.split("."))
+
+
+def _qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _cols(cols: list[str], alias: str | None = None) -> str:
+    return ", ".join(f"{alias}.{_qi(c)}" if alias else _qi(c) for c in cols)
+
+
+def _match(cols: list[str], a: str, b: str) -> str:
+    return " and ".join(f"{a}.{_qi(c)} is not distinct from {b}.{_qi(c)}" for c in cols)
+
+
+def _multiset_delete(relation: str, cols: list[str], locator: list[str], delta_sql: str) -> str:
+    """Delete one model row per delta row (full-row match), finding candidates by the locator."""
+    loc = " and ".join(f"{P}m.{_qi(c)} = d.{_qi(c)}" for c in locator) or "true"
+    return (
+        f"with {P}d as ({delta_sql}),\n"
+        f"{P}d_n as (select d.*, row_number() over (partition by {_cols(cols, 'd')}) as {P}n from {P}d as d),\n"
+        f"{P}m_n as (select x.*, row_number() over (partition by {_cols(cols, 'x')}) as {P}n from "
+        f"(select {P}m.ctid as {P}ctid, {P}m.* from {_q(relation)} as {P}m "
+        f"where exists (select from (select distinct {_cols(locator, 'd0') if locator else '1'} from {P}d as d0) as d where {loc})) as x)\n"
+        f"delete from {_q(relation)} as {P}t using {P}m_n as o, {P}d_n as f\n"
+        f"where {P}t.ctid = o.{P}ctid and {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n")
