@@ -1,0 +1,591 @@
+"""A labelled synthetic card-transaction stream: Faker entity pools, numpy draws, fraud scenarios.
+
+Entities (cities, merchants) are made once with Faker's data; cards are numpy arrays (home city,
+spending scale, last use), so millions of cards cost a few tens of MB. Transactions are drawn in
+numpy chunks. Fraud scenarios and legitimate look-alikes are episodes scheduled on a priority
+queue keyed by delivery time, which also carries late (out-of-order) events.
+
+Legitimate traffic is kept clean of the detection rules by construction: a card makes about one
+purchase per two simulated hours, card-present purchases lie within ~10 km of the card's home
+city, amounts stay under 1,500, and a card never changes device. Each scenario makes its own
+pattern unambiguous (see the scenario functions), and cards taking part in an episode are kept
+out of normal traffic until a real traveller could be back home.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import numpy as np
+from faker import Faker
+from faker.providers.geo import Provider as GeoProvider
+
+from loader.schema import FRAUD_PATTERNS, LOOKALIKE_PATTERNS
+
+SCENARIOS = FRAUD_PATTERNS + LOOKALIKE_PATTERNS
+# Share of all transactions that belong to each scenario (fraud ~1.2 %, look-alikes ~0.8 %).
+DEFAULT_SHARES: dict[str, float] = {
+    "high_value": 0.002,
+    "card_testing": 0.003,
+    "velocity": 0.003,
+    "impossible_travel": 0.002,
+    "account_takeover": 0.001,
+    "cross_border": 0.002,
+    "legit_flight": 0.004,
+    "legit_busy_shopper": 0.004,
+}
+DEFAULT_START = datetime(2025, 1, 6, tzinfo=timezone.utc)
+EARTH_RADIUS_KM = 6371.0
+
+# Home countries with their share of cards; merchants and travel reach every country Faker knows.
+HOME_COUNTRIES = {
+    "US": 0.42, "GB": 0.08, "DE": 0.07, "FR": 0.06, "CA": 0.05, "ES": 0.04, "IT": 0.04,
+    "NL": 0.03, "AU": 0.03, "JP": 0.03, "BR": 0.03, "MX": 0.03, "IN": 0.03, "BE": 0.02,
+    "CZ": 0.02, "PH": 0.02,
+}
+# category: (median amount, log-sigma, share of card-present purchases)
+CATEGORIES = {
+    "grocery": (42.0, 0.55, 0.30),
+    "restaurant": (31.0, 0.50, 0.22),
+    "fuel": (48.0, 0.30, 0.12),
+    "retail": (65.0, 0.75, 0.14),
+    "pharmacy": (22.0, 0.60, 0.07),
+    "entertainment": (38.0, 0.60, 0.06),
+    "electronics": (180.0, 0.80, 0.05),
+    "travel": (320.0, 0.70, 0.04),
+}
+ECOM_CATEGORIES = {
+    "retail": 0.40, "electronics": 0.20, "entertainment": 0.15, "travel": 0.10,
+    "digital_goods": 0.15,
+}
+CATEGORY_PARAMS = {**{k: (v[0], v[1]) for k, v in CATEGORIES.items()}, "digital_goods": (15.0, 0.7)}
+MERCHANTS_PER_CITY = 12
+ECOM_MERCHANTS = 400
+LEGIT_MAX_AMOUNT = 1500.0
+HOURLY_RHYTHM = np.array(
+    [0.25, 0.15, 0.10, 0.10, 0.15, 0.30, 0.60, 0.90, 1.10, 1.20, 1.30, 1.45,
+     1.60, 1.50, 1.35, 1.30, 1.40, 1.60, 1.75, 1.70, 1.45, 1.10, 0.75, 0.45]
+)
+HOURLY_RHYTHM = HOURLY_RHYTHM / HOURLY_RHYTHM.mean()
+CARD_SECONDS_PER_TXN = 7200.0  # a normal card buys about once per two (simulated) hours
+MAX_CARDS = 2_000_000
+CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """What to generate; deterministic for a given seed (event times too when unpaced)."""
+
+    seed: int = 0
+    count: int | None = None
+    rate: float | None = None
+    sim_rate: float = 20.0
+    start: datetime | None = None
+    shares: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
+    late_share: float = 0.0
+    max_delay_s: float = 30.0
+    cards: int | None = None
+
+    @property
+    def paced(self) -> bool:
+        """Paced streams stamp events with the wall clock at `rate` events per second."""
+        return self.rate is not None
+
+    def card_count(self) -> int:
+        """Enough cards that each buys about once per two hours at the stream's event rate."""
+        if self.cards is not None:
+            return max(100, self.cards)
+        rate = self.rate if self.rate is not None else self.sim_rate
+        return int(min(MAX_CARDS, max(10_000, rate * CARD_SECONDS_PER_TXN)))
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance, R = 6371.0 km, as the impossible_travel rule computes it."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:24]
+
+
+class World:
+    """The entity pools: cities, merchants and cards, made once per seed."""
+
+    def __init__(self, seed: int, n_cards: int) -> None:
+        fake = Faker()
+        fake.seed_instance(seed)
+        rng = np.random.default_rng([seed, 1])
+        by_country: dict[str, list[tuple]] = {}
+        for lat, lon, place, cc, _tz in GeoProvider.land_coords:
+            by_country.setdefault(cc, []).append((float(lat), float(lon), place, cc))
+        cities: list[tuple] = []
+        weights: list[float] = []
+        for cc in sorted(by_country):
+            places = by_country[cc][:12]
+            share = HOME_COUNTRIES.get(cc, 0.0)
+            for place in places:
+                cities.append(place)
+                weights.append(share / len(places))
+        self.city_lat = np.array([c[0] for c in cities])
+        self.city_lon = np.array([c[1] for c in cities])
+        self.city_name = [c[2] for c in cities]
+        self.city_country = [c[3] for c in cities]
+        w = np.array(weights)
+        self.home_city_weights = w / w.sum()
+        self.home_cities = np.flatnonzero(w > 0)
+        self.countries = sorted(by_country)
+
+        # Card-present merchants: MERCHANTS_PER_CITY per city, the last one an ATM.
+        cats = list(CATEGORIES)
+        cat_p = np.array([CATEGORIES[c][2] for c in cats])
+        cat_p = cat_p / cat_p.sum()
+        n_cities = len(cities)
+        self.merchant_id: list[str] = []
+        self.merchant_cat: list[str] = []
+        self.merchant_lat: list[float] = []
+        self.merchant_lon: list[float] = []
+        for city in range(n_cities):
+            for k in range(MERCHANTS_PER_CITY):
+                is_atm = k == MERCHANTS_PER_CITY - 1
+                cat = "atm" if is_atm else cats[int(rng.choice(len(cats), p=cat_p))]
+                name = "atm" if is_atm else _slug(fake.company())
+                self.merchant_id.append(f"m{len(self.merchant_id):05d}-{name}")
+                self.merchant_cat.append(cat)
+                # within ~8 km of the city centre
+                r_km = 8.0 * math.sqrt(rng.random())
+                theta = rng.random() * 2 * math.pi
+                dlat = r_km * math.cos(theta) / 111.0
+                dlon = r_km * math.sin(theta) / (111.0 * max(0.2, math.cos(math.radians(cities[city][0]))))
+                self.merchant_lat.append(round(cities[city][0] + dlat, 6))
+                self.merchant_lon.append(round(max(-180.0, min(180.0, cities[city][1] + dlon)), 6))
+        # E-commerce merchants: no coordinates; country of registration, mostly home countries.
+        ecats = list(ECOM_CATEGORIES)
+        ecat_p = np.array(list(ECOM_CATEGORIES.values()))
+        home_cc = list(HOME_COUNTRIES)
+        home_p = np.array(list(HOME_COUNTRIES.values()))
+        home_p = home_p / home_p.sum()
+        self.ecom_id: list[str] = []
+        self.ecom_cat: list[str] = []
+        self.ecom_country: list[str] = []
+        self.ecom_by_country: dict[str, list[int]] = {}
+        for k in range(ECOM_MERCHANTS):
+            cc = home_cc[int(rng.choice(len(home_cc), p=home_p))] if k % 5 else self.countries[k % len(self.countries)]
+            self.ecom_id.append(f"e{k:04d}-{_slug(fake.company())}")
+            self.ecom_cat.append(ecats[int(rng.choice(len(ecats), p=ecat_p))])
+            self.ecom_country.append(cc)
+            self.ecom_by_country.setdefault(cc, []).append(k)
+        self.ecom_countries = sorted(self.ecom_by_country)
+
+        # Cards: numpy arrays, so the pool scales to millions.
+        self.n_cards = n_cards
+        self.card_city = rng.choice(n_cities, size=n_cards, p=self.home_city_weights).astype(np.int32)
+        self.card_scale = np.exp(rng.normal(0.0, 0.35, size=n_cards)).astype(np.float32)
+        self.device_salt = int(rng.integers(0, 2**40))
+        self.card_prefix = f"c{seed % 1000:03d}"
+
+    def card_id(self, card: int) -> str:
+        return f"{self.card_prefix}-{card:08d}"
+
+    def customer_id(self, card: int) -> str:
+        # Every fifth customer holds two cards.
+        return f"cu-{card * 4 // 5:08d}"
+
+    def device_id(self, card: int) -> str:
+        # A bijection of the card number, so two cards never share a device.
+        return f"dev-{((card * 0x9E3779B1) ^ self.device_salt) & 0xFFFFFFFFFF:010x}"
+
+
+def _fmt_time(t: float) -> datetime:
+    return datetime.fromtimestamp(t, tz=timezone.utc)
+
+
+def _money(x: float) -> Decimal:
+    return Decimal(f"{x:.2f}")
+
+
+class Generator:
+    """Iterates rows (tuples in COLUMNS order); use `generate(config)`."""
+
+    def __init__(self, config: GeneratorConfig, *, wall_start: float | None = None) -> None:
+        for name, share in config.shares.items():
+            if name not in SCENARIOS:
+                raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+            if not 0.0 <= share <= 0.5:
+                raise ValueError(f"share of {name} must be within 0..0.5, got {share}")
+        if not 0.0 <= config.late_share <= 1.0:
+            raise ValueError(f"late share must be within 0..1, got {config.late_share}")
+        if config.rate is not None and config.rate <= 0:
+            raise ValueError(f"rate must be > 0, got {config.rate}")
+        self.config = config
+        self.world = World(config.seed, config.card_count())
+        self.rng = np.random.default_rng([config.seed, 2])
+        self.r = random.Random(config.seed)
+        n = self.world.n_cards
+        self.last_seen = np.full(n, -np.inf)
+        self.busy_until = np.full(n, -np.inf)
+        self.heap: list[tuple[float, int, tuple]] = []
+        self.seq = 0
+        self.txn_prefix = f"t{config.seed:x}-"
+        if config.paced:
+            start = config.start.timestamp() if config.start else wall_start
+            self.clock = float(start if start is not None else datetime.now(timezone.utc).timestamp())
+        else:
+            self.clock = (config.start or DEFAULT_START).timestamp()
+        shares = {k: float(config.shares.get(k, 0.0)) for k in SCENARIOS}
+        mean_events = {
+            "high_value": 1.0, "card_testing": 9.0, "velocity": 6.5, "impossible_travel": 2.0,
+            "account_takeover": 2.0, "cross_border": 4.0, "legit_flight": 3.0,
+            "legit_busy_shopper": 5.5,
+        }
+        self.scenario_names = [k for k in SCENARIOS if shares[k] > 0]
+        starts = np.array([shares[k] / mean_events[k] for k in self.scenario_names])
+        self.scenario_cum = np.cumsum(starts).tolist() if len(starts) else []
+        self.p_episode = self.scenario_cum[-1] if self.scenario_cum else 0.0
+        self._chunk_i = CHUNK
+        self._heap_seq = 0
+
+    # -- numpy chunks -----------------------------------------------------------------------
+
+    def _refill(self) -> None:
+        g = self.rng
+        n = self.world.n_cards
+        self._card = g.integers(0, n, size=CHUNK).tolist()
+        self._u_chan = g.random(CHUNK).tolist()
+        self._u_ep = g.random(CHUNK).tolist()
+        self._u_late = g.random(CHUNK).tolist()
+        self._merchant = g.integers(0, MERCHANTS_PER_CITY - 1, size=CHUNK).tolist()
+        self._z = g.standard_normal(CHUNK).tolist()
+        self._u_misc = g.random(CHUNK).tolist()
+        self._gap = g.exponential(1.0, size=CHUNK).tolist()
+        self._chunk_i = 0
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def _row(
+        self,
+        t: float,
+        card: int,
+        merchant_id: str,
+        category: str,
+        amount: float,
+        channel: str,
+        country: str,
+        lat: float | None,
+        lon: float | None,
+        *,
+        device: str | None = None,
+        is_fraud: bool = False,
+        pattern: str | None = None,
+    ) -> tuple:
+        w = self.world
+        self.seq += 1
+        return (
+            f"{self.txn_prefix}{self.seq:010d}",
+            w.card_id(card),
+            w.customer_id(card),
+            merchant_id,
+            category,
+            _money(amount),
+            "USD",
+            channel,
+            country,
+            lat,
+            lon,
+            device if device is not None else w.device_id(card),
+            _fmt_time(t),
+            is_fraud,
+            pattern,
+        )
+
+    def _legit_amount(self, category: str, card: int, z: float) -> float:
+        median, sigma = CATEGORY_PARAMS[category]
+        amount = median * float(self.world.card_scale[card]) * math.exp(sigma * z)
+        return min(LEGIT_MAX_AMOUNT, max(1.0, amount))
+
+    def _local_purchase(self, t: float, card: int, **labels) -> tuple:
+        """A card-present purchase at a merchant in the card's home city."""
+        w = self.world
+        city = int(w.card_city[card])
+        m = city * MERCHANTS_PER_CITY + self.r.randrange(MERCHANTS_PER_CITY - 1)
+        cat = w.merchant_cat[m]
+        amount = self._legit_amount(cat, card, self.r.gauss(0, 1))
+        return self._row(
+            t, card, w.merchant_id[m], cat, amount, "pos", w.city_country[city],
+            w.merchant_lat[m], w.merchant_lon[m], **labels,
+        )
+
+    def _normal(self, t: float, i: int) -> tuple:
+        """One legitimate transaction at time t, from the pre-drawn chunk at index i."""
+        w = self.world
+        card = self._card[i]
+        tries = 0
+        while self.busy_until[card] > t and tries < 8:
+            card = self.r.randrange(w.n_cards)
+            tries += 1
+        self.last_seen[card] = t
+        city = int(w.card_city[card])
+        u = self._u_chan[i]
+        if u < 0.68:
+            m = city * MERCHANTS_PER_CITY + self._merchant[i]
+            cat = w.merchant_cat[m]
+            return self._row(
+                t, card, w.merchant_id[m], cat, self._legit_amount(cat, card, self._z[i]), "pos",
+                w.city_country[city], w.merchant_lat[m], w.merchant_lon[m],
+            )
+        if u < 0.95:
+            home = w.city_country[city]
+            pool = w.ecom_by_country.get(home) if self._u_misc[i] < 0.85 else None
+            e = pool[self._merchant[i] % len(pool)] if pool else int(self._u_misc[i] * ECOM_MERCHANTS) % ECOM_MERCHANTS
+            cat = w.ecom_cat[e]
+            return self._row(
+                t, card, w.ecom_id[e], cat, self._legit_amount(cat, card, self._z[i]), "ecom",
+                w.ecom_country[e], None, None,
+            )
+        m = city * MERCHANTS_PER_CITY + MERCHANTS_PER_CITY - 1
+        amount = 20.0 * (1 + int(self._u_misc[i] * 15))
+        return self._row(
+            t, card, w.merchant_id[m], "atm", amount, "atm", w.city_country[city],
+            w.merchant_lat[m], w.merchant_lon[m],
+        )
+
+    # -- scenarios --------------------------------------------------------------------------
+    # Each returns [(event_time, row)] and reserves its card until a real owner could be back.
+
+    def _pick_card(self, t: float, *, with_history: bool = False) -> int | None:
+        for _ in range(64):
+            card = self.r.randrange(self.world.n_cards)
+            if self.busy_until[card] > t:
+                continue
+            if with_history and not self.last_seen[card] < t:
+                continue
+            return card
+        return None
+
+    def _new_device(self) -> str:
+        return f"dev-{self.r.getrandbits(40):010x}"
+
+    def _far_city(self, city: int, *, min_km: float, max_km: float) -> tuple[int, float]:
+        w = self.world
+        n = len(w.city_lat)
+        for _ in range(200):
+            other = self.r.randrange(n)
+            d = haversine_km(w.city_lat[city], w.city_lon[city], w.city_lat[other], w.city_lon[other])
+            if min_km <= d <= max_km:
+                return other, d
+        raise RuntimeError("no city at the wanted distance")  # pragma: no cover - data has plenty
+
+    def _city_purchase(self, t: float, card: int, city: int, **labels) -> tuple:
+        w = self.world
+        m = city * MERCHANTS_PER_CITY + self.r.randrange(MERCHANTS_PER_CITY - 1)
+        cat = w.merchant_cat[m]
+        amount = min(900.0, self._legit_amount(cat, card, self.r.gauss(0, 1)))
+        return self._row(
+            t, card, w.merchant_id[m], cat, amount, "pos", w.city_country[city],
+            w.merchant_lat[m], w.merchant_lon[m], **labels,
+        )
+
+    def _ecom(self, t: float, card: int, e: int, amount: float, **labels) -> tuple:
+        w = self.world
+        return self._row(
+            t, card, w.ecom_id[e], w.ecom_cat[e], amount, "ecom", w.ecom_country[e], None, None,
+            **labels,
+        )
+
+    def scenario_high_value(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """One purchase above 2,000 (2,100–9,500), near home or online, on the card's own device."""
+        w = self.world
+        amount = self.r.uniform(2100.0, 9500.0)
+        labels = {"is_fraud": True, "pattern": "high_value"}
+        if self.r.random() < 0.5:
+            city = int(w.card_city[card])
+            m = city * MERCHANTS_PER_CITY + self.r.randrange(MERCHANTS_PER_CITY - 1)
+            row = self._row(
+                t, card, w.merchant_id[m], "electronics", amount, "pos", w.city_country[city],
+                w.merchant_lat[m], w.merchant_lon[m], **labels,
+            )
+        else:
+            e = self.r.randrange(ECOM_MERCHANTS)
+            row = self._row(
+                t, card, w.ecom_id[e], "electronics", amount, "ecom",
+                w.city_country[int(w.card_city[card])], None, None, **labels,
+            )
+        self.busy_until[card] = t + 600
+        return [(t, row)]
+
+    def scenario_card_testing(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """6–12 amounts of 0.50–4.99 at one online merchant, 4–20 s apart, from a new device."""
+        e = self.r.choice(self.world.ecom_by_country.get("US") or [0])
+        device = self._new_device()
+        out = []
+        for _ in range(self.r.randint(6, 12)):
+            amount = self.r.uniform(0.5, 4.99)
+            out.append((t, self._ecom(t, card, e, amount, device=device, is_fraud=True, pattern="card_testing")))
+            t += self.r.uniform(4.0, 20.0)
+        self.busy_until[card] = t + 600
+        return out
+
+    def scenario_velocity(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """5–8 purchases at different local merchants, 3–12 s apart: ≥ 4 within 60 s."""
+        w = self.world
+        city = int(w.card_city[card])
+        picks = self.r.sample(range(MERCHANTS_PER_CITY - 1), k=MERCHANTS_PER_CITY - 1)
+        out = []
+        for k in range(self.r.randint(5, 8)):
+            m = city * MERCHANTS_PER_CITY + picks[k % len(picks)]
+            amount = self.r.uniform(20.0, 400.0)
+            out.append((t, self._row(
+                t, card, w.merchant_id[m], w.merchant_cat[m], amount, "pos", w.city_country[city],
+                w.merchant_lat[m], w.merchant_lon[m], is_fraud=True, pattern="velocity",
+            )))
+            t += self.r.uniform(3.0, 12.0)
+        self.busy_until[card] = t + 600
+        return out
+
+    def scenario_impossible_travel(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """The owner buys at home; 5–60 min later the card is used ≥ 1,500 km away (> 1,500 km/h)."""
+        w = self.world
+        home = int(w.card_city[card])
+        far, d = self._far_city(home, min_km=1500.0, max_km=15000.0)
+        first = self._local_purchase(t, card)
+        dt = self.r.uniform(300.0, min(3600.0, d / 1500.0 * 3600.0))
+        second = self._city_purchase(t + dt, card, far, is_fraud=True, pattern="impossible_travel")
+        self.busy_until[card] = t + dt + d / 800.0 * 3600.0
+        return [(t, first), (t + dt, second)]
+
+    def scenario_account_takeover(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """A card with history used online from a never-seen device for 600–1,900, 1–3 times."""
+        w = self.world
+        device = self._new_device()
+        home_cc = w.city_country[int(w.card_city[card])]
+        pool = w.ecom_by_country.get(home_cc) or list(range(ECOM_MERCHANTS))
+        out = []
+        for _ in range(self.r.randint(1, 3)):
+            e = self.r.choice(pool)
+            amount = self.r.uniform(600.0, 1900.0)
+            out.append((t, self._row(
+                t, card, w.ecom_id[e], "electronics", amount, "ecom", home_cc, None, None,
+                device=device, is_fraud=True, pattern="account_takeover",
+            )))
+            t += self.r.uniform(120.0, 900.0)
+        self.busy_until[card] = t + 600
+        return out
+
+    def scenario_cross_border(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """3–5 online purchases, each in a different foreign country, 70–360 s apart."""
+        w = self.world
+        home_cc = w.city_country[int(w.card_city[card])]
+        foreign = [cc for cc in w.ecom_countries if cc != home_cc]
+        out = []
+        for cc in self.r.sample(foreign, k=self.r.randint(3, 5)):
+            e = self.r.choice(w.ecom_by_country[cc])
+            amount = self.r.uniform(30.0, 600.0)
+            out.append((t, self._ecom(t, card, e, amount, is_fraud=True, pattern="cross_border")))
+            t += self.r.uniform(70.0, 360.0)
+        self.busy_until[card] = t + 600
+        return out
+
+    def scenario_legit_flight(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """The owner buys at home, flies 500–9,000 km at ≤ 700 km/h, and buys at the destination."""
+        w = self.world
+        home = int(w.card_city[card])
+        far, d = self._far_city(home, min_km=500.0, max_km=9000.0)
+        labels = {"is_fraud": False, "pattern": "legit_flight"}
+        out = [(t, self._local_purchase(t, card, **labels))]
+        t += d / self.r.uniform(350.0, 700.0) * 3600.0 + 1800.0
+        for _ in range(self.r.randint(1, 2)):
+            out.append((t, self._city_purchase(t, card, far, **labels)))
+            t += self.r.uniform(1800.0, 3 * 3600.0)
+        self.busy_until[card] = t + d / 600.0 * 3600.0
+        return out
+
+    def scenario_legit_busy_shopper(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """4–7 local purchases 22–90 s apart: busy, but never 4 within 60 s."""
+        labels = {"is_fraud": False, "pattern": "legit_busy_shopper"}
+        out = []
+        for _ in range(self.r.randint(4, 7)):
+            out.append((t, self._local_purchase(t, card, **labels)))
+            t += self.r.uniform(22.0, 90.0)
+        self.busy_until[card] = t + 600
+        return out
+
+    def _episode(self, name: str, t: float) -> bool:
+        card = self._pick_card(t, with_history=name == "account_takeover")
+        if card is None:
+            return False
+        events = getattr(self, f"scenario_{name}")(card=card, t=t)
+        cfg = self.config
+        for when, row in events:
+            key = when
+            if cfg.late_share and self.r.random() < cfg.late_share:
+                key = when + self.r.uniform(0.0, cfg.max_delay_s)
+            heapq.heappush(self.heap, (key, self.seq_key(), row))
+        self.last_seen[card] = events[-1][0]
+        return True
+
+    def seq_key(self) -> int:
+        self._heap_seq += 1
+        return self._heap_seq
+
+    # -- the stream -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[tuple]:
+        cfg = self.config
+        count = cfg.count
+        paced = cfg.paced
+        step = 1.0 / cfg.rate if paced else 0.0
+        mean_gap = 1.0 / cfg.sim_rate
+        late = cfg.late_share
+        max_delay = cfg.max_delay_s
+        heap = self.heap
+        names = self.scenario_names
+        cum = self.scenario_cum
+        p_ep = self.p_episode
+        emitted = 0
+        while count is None or emitted < count:
+            if self._chunk_i >= CHUNK:
+                self._refill()
+            i = self._chunk_i
+            self._chunk_i += 1
+            if paced:
+                self.clock += step
+            else:
+                hour = int(self.clock // 3600.0) % 24
+                self.clock += self._gap[i] * mean_gap / HOURLY_RHYTHM[hour]
+            t = self.clock
+            if heap and heap[0][0] <= t:
+                yield heapq.heappop(heap)[2]
+                emitted += 1
+                continue
+            u = self._u_ep[i]
+            if u < p_ep:
+                k = 0
+                while cum[k] < u:
+                    k += 1
+                if self._episode(names[k], t) and heap[0][0] <= t:
+                    yield heapq.heappop(heap)[2]
+                    emitted += 1
+                    continue
+            row = self._normal(t, i)
+            if late and self._u_late[i] < late:
+                heapq.heappush(heap, (t + self.r.random() * max_delay, self.seq_key(), row))
+                if paced:
+                    self.clock -= step  # pacing counts delivered rows, not drawn ones
+                continue
+            yield row
+            emitted += 1
+
+
+def generate(config: GeneratorConfig, *, wall_start: float | None = None) -> Iterator[tuple]:
+    """Rows in `loader.schema.COLUMNS` order; the same config (seed) gives the same stream."""
+    return iter(Generator(config, wall_start=wall_start))
+

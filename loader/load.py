@@ -1,0 +1,158 @@
+"""`load()`: pace rows from a source into a Writer, report progress, flush on Ctrl-C."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from loader.replay import Rejects
+from loader.schema import INDEX
+from loader.writer import Writer
+
+EVENT_TIME = INDEX["event_time"]
+
+
+@dataclass
+class Progress:
+    """A snapshot for the live progress line."""
+
+    read: int
+    sent: int
+    inserted: int
+    rejected: int
+    elapsed_s: float
+    rate: float
+    lag_s: float
+
+
+@dataclass
+class LoadSummary:
+    """What a load did; `duplicates` is None where the engine cannot tell."""
+
+    read: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    duplicates: int | None = 0
+    sent: int = 0
+    batches: int = 0
+    retries: int = 0
+    resent: int = 0
+    elapsed_s: float = 0.0
+    rows_per_s: float = 0.0
+    max_lag_s: float = 0.0
+    interrupted: bool = False
+    dialect: str = "postgres"
+    peak_rss_mb: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load(
+    rows: Iterable[tuple],
+    writer: Writer,
+    *,
+    rate: float | None = None,
+    speedup: float | None = None,
+    duration_s: float | None = None,
+    rejects: Rejects | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    progress_every_s: float = 0.25,
+    close_writer: bool = True,
+) -> LoadSummary:
+    """Send `rows` through `writer`, at `rate` rows/s or `speedup`× their own event times.
+
+    Ctrl-C (KeyboardInterrupt) stops reading, flushes what was read, and returns a summary
+    marked `interrupted`; nothing read is lost.
+    """
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be > 0")
+    if speedup is not None and speedup <= 0:
+        raise ValueError("speedup must be > 0")
+    summary = LoadSummary(dialect=writer.dialect)
+    start = time.monotonic()
+    deadline = start + duration_s if duration_s is not None else None
+    next_report = start + progress_every_s
+    first_event: float | None = None
+    lag = 0.0
+    read = 0
+    sleep = time.sleep
+    monotonic = time.monotonic
+    write = writer.write
+    try:
+        for row in rows:
+            now = monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if rate is not None or speedup is not None:
+                if rate is not None:
+                    target = start + read / rate
+                else:
+                    event = row[EVENT_TIME].timestamp()
+                    if first_event is None:
+                        first_event = event
+                    target = start + max(0.0, event - first_event) / speedup
+                if target > now:
+                    if deadline is not None and target > deadline:
+                        break
+                    sleep(target - now)
+                    now = monotonic()
+                else:
+                    lag = now - target
+                    summary.max_lag_s = max(summary.max_lag_s, lag)
+            write(row)
+            read += 1
+            if progress is not None and now >= next_report:
+                next_report = now + progress_every_s
+                progress(_snapshot(read, writer, rejects, start, now, lag))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        summary.read = read
+        if close_writer:
+            try:
+                writer.close()
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                writer.close()
+        else:
+            writer.flush()
+    end = monotonic()
+    stats = writer.stats
+    summary.loaded = stats.inserted
+    summary.rejected = stats.rejected + (rejects.count if rejects is not None else 0)
+    summary.duplicates = stats.duplicates
+    summary.sent = stats.sent
+    summary.batches = stats.batches
+    summary.retries = stats.retries
+    summary.resent = stats.resent
+    summary.elapsed_s = round(end - start, 3)
+    summary.rows_per_s = round(read / (end - start), 1) if end > start else 0.0
+    summary.max_lag_s = round(summary.max_lag_s, 3)
+    summary.peak_rss_mb = round(peak_rss_mb(), 1)
+    if progress is not None:
+        progress(_snapshot(read, writer, rejects, start, end, lag))
+    return summary
+
+
+def _snapshot(read: int, writer: Writer, rejects: Rejects | None, start: float, now: float, lag: float) -> Progress:
+    elapsed = max(1e-9, now - start)
+    return Progress(
+        read=read,
+        sent=writer.stats.sent,
+        inserted=writer.stats.inserted,
+        rejected=writer.stats.rejected + (rejects.count if rejects is not None else 0),
+        elapsed_s=elapsed,
+        rate=read / elapsed,
+        lag_s=lag,
+    )
