@@ -366,7 +366,7 @@ class Generator:
             card = self.r.randrange(self.world.n_cards)
             if self.busy_until[card] > t:
                 continue
-            if with_history and not self.last_seen[card] < t:
+            if with_history and not -math.inf < self.last_seen[card] < t:
                 continue
             return card
         return None
