@@ -103,11 +103,12 @@ class SinkWorker(threading.Thread):
                 if self._unacked is not None:
                     self._ack(self._unacked)
                 batch = self.reader.read(limit=self.listener.batch_size, wait=self.listener.poll_interval)
-                db_attempt = 0
-                self.listener.episodes.clear("database", "database reachable again")
+                if db_attempt:  # only a fresh connection ends the episode, not an old one that lingers
+                    db_attempt = 0
+                    self.listener.episodes.clear("database", "database reachable again")
             except psycopg.Error as exc:
                 self.reader.reset()
-                self.listener.episodes.fault("database", f"database unreachable ({_one_line(exc)})")
+                self.listener.episodes.fault("database", _db_problem(exc))
                 db_attempt += 1
                 stop.wait(backoff_delay(db_attempt, base=0.1, cap=5.0))
                 continue
@@ -128,7 +129,7 @@ class SinkWorker(threading.Thread):
                 self._ack(batch)
             except psycopg.Error as exc:
                 self.reader.reset()
-                self.listener.episodes.fault("database", f"database unreachable ({_one_line(exc)})")
+                self.listener.episodes.fault("database", _db_problem(exc))
                 stop.wait(backoff_delay(1, base=0.1, cap=5.0))
 
     def _ack(self, batch: Batch) -> None:
@@ -181,6 +182,8 @@ class SinkWorker(threading.Thread):
 
     def snapshot(self) -> SinkStats:
         stats = SinkStats(**asdict(self.stats))
+        if self.listener.head is not None and (stats.head is None or self.listener.head > stats.head):
+            stats.head = self.listener.head
         if isinstance(stats.head, int) and isinstance(stats.position, int):
             stats.lag_seq = max(stats.head - stats.position, 0)
         if self._oldest_pending is not None:
@@ -202,13 +205,16 @@ class Notifier(threading.Thread):
             try:
                 with connect(self.listener.dsn, application_name="sentinel-alerts-listen") as conn:
                     conn.execute(f"listen {CHANNEL}")
-                    attempt = 0
+                    if attempt:
+                        attempt = 0
+                        self.listener.episodes.clear("database", "database reachable again")
                     self.listener.wake_all()  # anything committed while we were not listening
                     while not stop.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        for notify in conn.notifies(timeout=0.5, stop_after=1):
+                            self.listener.note_head(notify.payload)
                             self.listener.wake_all()
             except psycopg.Error as exc:
-                self.listener.episodes.fault("database", f"database unreachable ({_one_line(exc)})")
+                self.listener.episodes.fault("database", _db_problem(exc))
                 attempt += 1
                 stop.wait(backoff_delay(attempt, base=0.1, cap=5.0))
 
@@ -240,6 +246,7 @@ class Listener:
         self.stop_event = threading.Event()
         self.engine = engine or self._detect_engine()
         self.workers = [SinkWorker(self, sink) for sink in self.sinks]
+        self.head: int | None = None
         self._threads: list[threading.Thread] = []
 
     def _detect_engine(self) -> str:
@@ -263,7 +270,18 @@ class Listener:
             from alerts.sources import check_postgres
             with connect(self.dsn) as conn:
                 warnings = check_postgres(conn)
+                self.note_head(conn.execute(
+                    "select coalesce(max(seq), 0) from sentinel_alerts.change_log").fetchone()[0])
         return warnings
+
+    def note_head(self, payload: str | int | None) -> None:
+        """Remember the newest change-log seq announced (NOTIFY payload), for the lag figures."""
+        try:
+            seq = int(payload)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return
+        if self.head is None or seq > self.head:
+            self.head = seq
 
     def wake_all(self) -> None:
         for worker in self.workers:
@@ -304,6 +322,12 @@ class Listener:
     def stats(self) -> list[SinkStats]:
         """A snapshot of every sink's figures."""
         return [worker.snapshot() for worker in self.workers]
+
+
+def _db_problem(exc: psycopg.Error) -> str:
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return f"database unreachable ({_one_line(exc)})"
+    return f"database error ({type(exc).__name__}: {_one_line(exc)})"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -131,7 +131,7 @@ _READ = """
 # The in-progress transactions of a snapshot, still running now.
 _STILL_RUNNING = """
     select count(*)
-    from unnest(pg_snapshot_xip(%s::pg_snapshot)) as x
+    from pg_snapshot_xip(%s::pg_snapshot) as x
     where pg_xact_status(x) = 'in progress'
 """
 
