@@ -1,0 +1,67 @@
+"""The dbt adapter `sentinel`: PostgreSQL plus the `materialized_view` materialization kept current by triggers.
+
+dbt loads Python only as adapter plugins, and the planner (sqlglot) must run inside dbt, so the
+`postgres` target of dbt/profiles.yml has `type: sentinel`. Everything else is dbt-postgres.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dbt.adapters.base import AdapterPlugin, available
+from dbt.adapters.postgres import PostgresAdapter, PostgresConnectionManager, PostgresCredentials
+from dbt_common.exceptions import DbtRuntimeError
+
+from sentinel.ivm import IvmUnsupported, deploy_model
+
+INCLUDE_PATH = str(Path(__file__).parent / "include")
+
+
+@dataclass
+class SentinelCredentials(PostgresCredentials):
+    """PostgreSQL credentials under the adapter type `sentinel`."""
+
+    @property
+    def type(self) -> str:
+        return "sentinel"
+
+
+class SentinelConnectionManager(PostgresConnectionManager):
+    """dbt-postgres' connections, registered under the type `sentinel`."""
+
+    TYPE = "sentinel"
+
+
+class SentinelAdapter(PostgresAdapter):
+    """PostgresAdapter with the incremental-maintenance hooks the materialization calls."""
+
+    ConnectionManager = SentinelConnectionManager
+
+    @classmethod
+    def type(cls) -> str:
+        return "sentinel"
+
+    @available
+    def sentinel_ivm_deploy(self, model: str, relation: Any, sql: str, unique_key: Any = None) -> str:
+        """Plan and install a maintained model in dbt's open transaction; return a log message."""
+        conn = self.connections.get_thread_connection()
+        if not conn.transaction_open:
+            self.connections.begin()
+        keys = [unique_key] if isinstance(unique_key, str) else list(unique_key or [])
+        rel = f"{relation.schema}.{relation.identifier}"
+        try:
+            with conn.handle.cursor() as cur:
+                result = deploy_model(cur, model=model, relation=rel, sql=sql, unique_key=keys)
+        except IvmUnsupported as e:
+            raise DbtRuntimeError(str(e)) from None
+        return result.message()
+
+
+Plugin = AdapterPlugin(
+    adapter=SentinelAdapter,  # type: ignore[arg-type]
+    credentials=SentinelCredentials,
+    include_path=INCLUDE_PATH,
+    project_name="dbt_sentinel",
+    dependencies=["postgres"],
+)

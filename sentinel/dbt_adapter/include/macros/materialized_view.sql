@@ -1,0 +1,25 @@
+{#- Sentinel's materialization on PostgreSQL: the model becomes a table that statement-level
+    triggers on its inputs keep equal to its SQL (sentinel.ivm plans and installs them). A model
+    whose shape cannot be maintained fails here, naming the model and the construct. -#}
+{% materialization materialized_view, adapter='sentinel' %}
+    {%- set target_relation = this.incorporate(type='table') -%}
+
+    {{ run_hooks(pre_hooks, inside_transaction=False) }}
+    {{ run_hooks(pre_hooks, inside_transaction=True) }}
+
+    {%- set message = adapter.sentinel_ivm_deploy(model['name'], target_relation, sql, config.get('unique_key')) -%}
+    {% call statement('main') -%}
+        select {{ dbt.string_literal('sentinel ivm: ' ~ message) }} as status
+    {%- endcall %}
+    {%- if message.startswith('created') or message.startswith('recreated') -%}
+        {% do create_indexes(target_relation) %}
+    {%- endif -%}
+    {% do apply_grants(target_relation, config.get('grants'), should_revoke=True) %}
+    {% do persist_docs(target_relation, model) %}
+
+    {{ run_hooks(post_hooks, inside_transaction=True) }}
+    {{ adapter.commit() }}
+    {{ run_hooks(post_hooks, inside_transaction=False) }}
+
+    {{ return({'relations': [target_relation]}) }}
+{% endmaterialization %}
