@@ -44,7 +44,7 @@ def parse(sql: str, dialect: str) -> exp.Expression:
 def test_model_compiles_to_a_materialized_view_in_the_dialect(compiled, target, model):
     sql = compiled[target][model]
     tree = parse(sql, target)
-    assert isinstance(tree, exp.Select)
+    assert isinstance(tree, (exp.Select, exp.Union))
     # What the adapter's materialized_view materialization sends, parsed as one statement.
     ddl = parse(f"create materialized view fraud.{model} as {sql}", target)
     assert isinstance(ddl, exp.Create)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.fixtures.models import (
-    INTERMEDIATE, MARTS, PROJECT, RULES, libpq_env, run_dbt, sentinel_adapter_available, write_profiles,
+    INTERMEDIATE, MARTS, PROJECT, RULE_MODELS, RULES, libpq_env, run_dbt, sentinel_adapter_available, write_profiles,
 )
 
 CONTRACT_RULES = [

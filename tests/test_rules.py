@@ -242,7 +242,7 @@ def test_card_testing_burst_of_small_amounts(cards):
 
 # --- account_takeover -------------------------------------------------------------------------
 
-def test_account_takeover_first_use_of_a_device_after_history(cards):
+def test_account_takeover_first_use_of_a_new_device_on_a_card(cards):
     ids = cards.insert(
         {"device_id": "dev-1", "event_time": 0},
         {"device_id": None, "event_time": 10},
@@ -251,15 +251,16 @@ def test_account_takeover_first_use_of_a_device_after_history(cards):
         {"device_id": "dev-9", "amount": Decimal("1500.00"), "event_time": 30},
         {"device_id": "dev-9", "amount": Decimal("1500.00"), "event_time": 40},  # not new any more
     )
-    assert cards.flags("account_takeover") == {ids[4]: "new device dev-9 after 4 transactions: 1,500.00 USD"}
+    assert cards.flags("account_takeover") == {ids[4]: "new device dev-9 after 2 other devices: 1,500.00 USD"}
 
 
-def test_account_takeover_needs_history(cards):
-    cards.insert(
-        {"device_id": "dev-1", "event_time": 0},
-        {"device_id": "dev-1", "event_time": 10},
-        {"device_id": "dev-2", "amount": Decimal("900.00"), "event_time": 20},
-    )
+def test_account_takeover_needs_an_earlier_device_and_follows_late_events(cards):
+    first, = cards.insert({"device_id": "dev-2", "amount": Decimal("900.00"), "event_time": 100})
+    assert cards.flags("account_takeover") == {}  # the card's first device is not a takeover
+    (earlier,) = cards.insert({"device_id": "dev-1", "event_time": 0})
+    assert cards.flags("account_takeover") == {first: "new device dev-2 after 1 other device: 900.00 USD"}
+    # A late, earlier use of dev-2 means dev-2 was not new at 100 s any more.
+    cards.insert({"device_id": "dev-2", "amount": Decimal("5.00"), "event_time": 50})
     assert cards.flags("account_takeover") == {}
 
 

@@ -131,19 +131,40 @@
 {%- endmacro %}
 
 
-{#- The source rows the rules may read, from the import CTE `relation`. PostgreSQL enforces the
-    source contract with a primary key and CHECK constraints (sql/postgres/010_source.sql), so
-    every row counts. RisingWave has no CHECK constraints: rows a raw INSERT let in that break the
-    contract are left out. Materialize has neither primary key nor CHECK: the same filter, and
-    the first arrival of each txn_id only, so a re-sent id never counts twice. -#}
-{% macro sentinel_source_rows(relation) -%}
-    {{ return(adapter.dispatch('sentinel_source_rows', 'sentinel')(relation)) }}
+{#- Keeping the rules to the source rows the contract allows (DESIGN.md: fraud.transactions).
+    PostgreSQL enforces it with a primary key and CHECK constraints (sql/postgres/010_source.sql):
+    both macros render nothing. RisingWave has no CHECK constraints: rows a raw INSERT let in that
+    break the contract are left out. Materialize has neither primary key nor CHECK: the same
+    filter, and only the first arrival of each txn_id, so a re-sent id never counts twice.
+    `select {{ sentinel_source_first_arrival() }} <columns> from <source> {{ sentinel_source_contract() }}` -#}
+{% macro sentinel_source_first_arrival() -%}
+    {{ return(adapter.dispatch('sentinel_source_first_arrival', 'sentinel')()) }}
 {%- endmacro %}
 
-{% macro default__sentinel_source_rows(relation) -%}
-    select * from {{ relation }}
+{% macro default__sentinel_source_first_arrival() -%}
 {%- endmacro %}
 
+{% macro materialize__sentinel_source_first_arrival() -%}
+    distinct on (txn_id)
+{%- endmacro %}
+
+{% macro sentinel_source_contract() -%}
+    {{ return(adapter.dispatch('sentinel_source_contract', 'sentinel')()) }}
+{%- endmacro %}
+
+{% macro default__sentinel_source_contract() -%}
+{%- endmacro %}
+
+{% macro risingwave__sentinel_source_contract() -%}
+where {{ sentinel_source_row_is_valid() }}
+{%- endmacro %}
+
+{% macro materialize__sentinel_source_contract() -%}
+where {{ sentinel_source_row_is_valid() }}
+order by txn_id, ingested_at
+{%- endmacro %}
+
+{#- The source contract's CHECK constraints as one boolean expression. -#}
 {% macro sentinel_source_row_is_valid() -%}
     length(trim(txn_id)) > 0
         and length(trim(card_id)) > 0
@@ -155,19 +176,6 @@
         and (lat is null) = (lon is null)
         and (lat is null or lat between -90 and 90)
         and (lon is null or lon between -180 and 180)
-{%- endmacro %}
-
-{% macro risingwave__sentinel_source_rows(relation) -%}
-    select *
-    from {{ relation }}
-    where {{ sentinel_source_row_is_valid() }}
-{%- endmacro %}
-
-{% macro materialize__sentinel_source_rows(relation) -%}
-    select distinct on (txn_id) *
-    from {{ relation }}
-    where {{ sentinel_source_row_is_valid() }}
-    order by txn_id, ingested_at
 {%- endmacro %}
 
 

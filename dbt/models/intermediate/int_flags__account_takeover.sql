@@ -1,14 +1,14 @@
--- account_takeover: the first use of a device on a card that already has history, for a large
--- amount. t has a device_id that no earlier transaction of t's card used (ordered by
--- (event_time, txn_id), txn_id bytewise), at least account_takeover_min_history earlier
--- transactions of the card, and amount >= account_takeover_min_amount.
+-- account_takeover: a new device on a card that other devices used before, for a large amount.
+-- t is the first use of its device on t's card (int_card_devices__first_use), at least
+-- account_takeover_min_devices other devices were first used on the card earlier (ordered by
+-- (event_time, txn_id), txn_id bytewise), and amount >= account_takeover_min_amount.
 with
 
-transactions as (
-    select * from {{ ref('stg_transactions') }}
+first_uses as (
+    select * from {{ ref('int_card_devices__first_use') }}
 ),
 
-card_sequenced as (
+counted as (
     select
         txn_id,
         card_id,
@@ -23,54 +23,28 @@ card_sequenced as (
         device_id,
         row_number() over (
             partition by card_id order by event_time, {{ sentinel_bytewise('txn_id') }}
-        ) - 1 as earlier_txn_count
-    from transactions
-),
-
-device_sequenced as (
-    select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
-        device_id,
-        earlier_txn_count,
-        row_number() over (
-            partition by card_id, device_id order by event_time, {{ sentinel_bytewise('txn_id') }}
-        ) as device_use_number
-    from card_sequenced
-    where device_id is not null
-),
-
-flagged as (
-    select
-        txn_id,
-        cast('account_takeover' as text) as rule,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
-        cast('critical' as text) as risk_level,
-        'new device ' || device_id || ' after '
-            || cast(earlier_txn_count as text) || ' transactions: '
-            || {{ sentinel_format_amount('amount') }} || ' ' || currency as reason,
-        device_id,
-        earlier_txn_count
-    from device_sequenced
-    where device_use_number = 1
-        and earlier_txn_count >= {{ var('account_takeover_min_history') }}
-        and amount >= {{ var('account_takeover_min_amount') }}
+        ) - 1 as earlier_device_count
+    from first_uses
 )
 
-select * from flagged
+select
+    txn_id,
+    cast('account_takeover' as text) as rule,
+    card_id,
+    customer_id,
+    merchant_id,
+    merchant_category,
+    country,
+    channel,
+    amount,
+    currency,
+    event_time,
+    cast('critical' as text) as risk_level,
+    'new device ' || device_id || ' after ' || cast(earlier_device_count as text)
+        || case when earlier_device_count = 1 then ' other device: ' else ' other devices: ' end
+        || {{ sentinel_format_amount('amount') }} || ' ' || currency as reason,
+    device_id,
+    earlier_device_count
+from counted
+where earlier_device_count >= {{ var('account_takeover_min_devices') }}
+    and amount >= {{ var('account_takeover_min_amount') }}

@@ -5,7 +5,7 @@
 -- amount > amount_spike_factor x their average (compared as amount x n > factor x sum).
 with
 
-transactions as (
+stg_transactions as (
     select * from {{ ref('stg_transactions') }}
 ),
 
@@ -31,7 +31,7 @@ with_history as (
             order by event_time, {{ sentinel_bytewise('txn_id') }}
             rows between {{ var('amount_spike_history_txns') | int }} preceding and 1 preceding
         ) as history_amount_total
-    from transactions
+    from stg_transactions
 ),
 
 flagged as (

@@ -3,7 +3,7 @@
 -- transactions of t's card (t included) have event_time in [t.event_time - window, t.event_time].
 with
 
-transactions as (
+stg_transactions as (
     select * from {{ ref('stg_transactions') }}
 ),
 
@@ -19,7 +19,7 @@ small_amounts as (
         amount,
         currency,
         event_time
-    from transactions
+    from stg_transactions
     where amount <= {{ var('card_testing_max_amount') }}
 ),
 

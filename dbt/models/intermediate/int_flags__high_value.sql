@@ -1,7 +1,7 @@
 -- high_value: t.amount > high_value_min_amount (DESIGN.md; default 2000.00).
 with
 
-transactions as (
+stg_transactions as (
     select * from {{ ref('stg_transactions') }}
 ),
 
@@ -26,7 +26,7 @@ flagged as (
         ) as risk_level,
         {{ sentinel_format_amount('amount') }} || ' ' || currency
             || ' over the {{ sentinel_amount_label(var("high_value_min_amount")) }} limit' as reason
-    from transactions
+    from stg_transactions
     where amount > {{ var('high_value_min_amount') }}
 )
 

@@ -5,7 +5,7 @@
 -- infinite speed.
 with
 
-transactions as (
+stg_transactions as (
     select * from {{ ref('stg_transactions') }}
 ),
 
@@ -23,7 +23,7 @@ located as (
         event_time,
         lat,
         lon
-    from transactions
+    from stg_transactions
     where lat is not null
         and lon is not null
 ),

@@ -3,7 +3,7 @@
 -- preceding and current row`, peers (equal event_time) included (DESIGN.md).
 with
 
-transactions as (
+stg_transactions as (
     select * from {{ ref('stg_transactions') }}
 ),
 
@@ -20,9 +20,9 @@ counted as (
         currency,
         event_time,
         {{ sentinel_window_agg(
-            'count', '*', 'transactions', 'card_id', 'event_time', var('velocity_window_seconds')
+            'count', '*', 'stg_transactions', 'card_id', 'event_time', var('velocity_window_seconds')
         ) }} as window_txn_count
-    from transactions
+    from stg_transactions
 ),
 
 flagged as (

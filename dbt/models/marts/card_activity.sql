@@ -9,20 +9,16 @@
 
 with
 
-transactions as (
+stg_transactions as (
     select * from {{ ref('stg_transactions') }}
-),
-
-aggregated as (
-    select
-        card_id,
-        count(*) as txn_count,
-        sum(amount) as amount_total,
-        max(amount) as amount_max,
-        min(event_time) as first_seen_at,
-        max(event_time) as last_seen_at
-    from transactions
-    group by card_id
 )
 
-select * from aggregated
+select
+    card_id,
+    count(*) as txn_count,
+    sum(amount) as amount_total,
+    max(amount) as amount_max,
+    min(event_time) as first_seen_at,
+    max(event_time) as last_seen_at
+from stg_transactions
+group by card_id

@@ -10,7 +10,7 @@
 
 with
 
-flagged_transactions as (
+flagged as (
     select * from {{ ref('flagged_transactions') }}
 ),
 
@@ -21,23 +21,19 @@ bucketed as (
         merchant_category,
         country,
         amount
-    from flagged_transactions
-),
-
-aggregated as (
-    select
-        minute,
-        rule,
-        merchant_category,
-        country,
-        count(*) as flagged_count,
-        sum(amount) as flagged_amount
-    from bucketed
-    group by
-        minute,
-        rule,
-        merchant_category,
-        country
+    from flagged
 )
 
-select * from aggregated
+select
+    minute,
+    rule,
+    merchant_category,
+    country,
+    count(*) as flagged_count,
+    sum(amount) as flagged_amount
+from bucketed
+group by
+    minute,
+    rule,
+    merchant_category,
+    country

@@ -39,31 +39,27 @@ amount_spike as (
 
 cross_border as (
     select * from {{ ref('int_flags__cross_border') }}
-),
-
-unioned as (
-    {%- for rule in ['high_value', 'velocity', 'impossible_travel', 'card_testing',
-                     'account_takeover', 'amount_spike', 'cross_border'] %}
-    {%- if not loop.first %}
-
-    union all
-    {% endif %}
-    select
-        txn_id,
-        rule,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
-        risk_level,
-        reason
-    from {{ rule }}
-    {%- endfor %}
 )
 
-select * from unioned
+{%- for rule in ['high_value', 'velocity', 'impossible_travel', 'card_testing',
+                 'account_takeover', 'amount_spike', 'cross_border'] %}
+{%- if not loop.first %}
+
+union all
+{% endif %}
+select
+    txn_id,
+    rule,
+    card_id,
+    customer_id,
+    merchant_id,
+    merchant_category,
+    country,
+    channel,
+    amount,
+    currency,
+    event_time,
+    risk_level,
+    reason
+from {{ rule }}
+{%- endfor %}

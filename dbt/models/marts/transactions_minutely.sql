@@ -10,7 +10,7 @@
 
 with
 
-transactions as (
+stg_transactions as (
     select * from {{ ref('stg_transactions') }}
 ),
 
@@ -21,23 +21,19 @@ bucketed as (
         country,
         channel,
         amount
-    from transactions
-),
-
-aggregated as (
-    select
-        minute,
-        merchant_category,
-        country,
-        channel,
-        count(*) as txn_count,
-        sum(amount) as amount_total
-    from bucketed
-    group by
-        minute,
-        merchant_category,
-        country,
-        channel
+    from stg_transactions
 )
 
-select * from aggregated
+select
+    minute,
+    merchant_category,
+    country,
+    channel,
+    count(*) as txn_count,
+    sum(amount) as amount_total
+from bucketed
+group by
+    minute,
+    merchant_category,
+    country,
+    channel
