@@ -16,7 +16,7 @@ import sqlglot
 from sqlglot import exp
 
 DIALECT = "postgres"
-PLAN_VERSION = "3"
+PLAN_VERSION = "4"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -131,19 +131,26 @@ class Plan:
         o_src = _as_alias(src.copy(), alias).sql(DIALECT)
         key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(keys_sql, kcols))
         extra = f" and ({where.this.sql(DIALECT)})" if where else ""
-        lb = info["lookback"]
-        bounds = [f"{P}kk.{P}t0"]
-        if lb.interval:
-            bounds.append(f"{P}kk.{P}t0 - {lb.interval}")
+        lbs: list[Lookback] = info["lookbacks"]
+        base = f"{P}kk.{P}t0"
         key_min = f"(select min({t_sql}) from {o_src} where {key_match}{extra})"
-        if lb.unbounded:
-            bounds.append(key_min)
-        elif lb.rows:
-            bounds.append(
-                f"coalesce((select {t_sql} from {o_src} where {key_match}{extra} and {t_sql} < {P}kk.{P}t0"
-                f" order by {t_sql} desc offset {lb.rows - 1} limit 1), {key_min})")
+        if any(x.unbounded for x in lbs):
+            base = f"least({base}, {key_min})"
+        else:
+            for x in reversed(lbs[1:]):  # outer windows first: each reads the inner one's output from base
+                if x.interval:
+                    base = f"({base}) - {x.interval}"
+            inner = lbs[0]
+            bounds = [base]
+            if inner.interval:
+                bounds.append(f"({base}) - {inner.interval}")
+            if inner.rows:
+                bounds.append(
+                    f"coalesce((select {t_sql} from {o_src} where {key_match}{extra} and {t_sql} < ({base})"
+                    f" order by {t_sql} desc offset {inner.rows - 1} limit 1), {key_min})")
+            base = f"least({', '.join(bounds)})"
         bounds_cte = (_cte(P + "bounds", sqlglot.parse_one(
-            f"select {P}kk.*, least({', '.join(bounds)}) as {P}lb from {P}keys as {P}kk", read=DIALECT)))
+            f"select {P}kk.*, {base} as {P}lb from {P}keys as {P}kk", read=DIALECT)))
         # 3. the model, its window input restricted to the affected keys from their lower bound
         restricted = sqlglot.parse_one(
             f"select {_qi(alias)}.* from {P}bounds as {P}kk cross join lateral "
@@ -304,11 +311,16 @@ def _plan_linear(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
                     raise IvmUnsupported(model, f"{rel} on the right side of a LEFT JOIN",
                                          "the changing input must be the preserved side")
     for sel in tree.find_all(exp.Select):
-        names = []
-        for s in _sources(sel):
-            names.extend(rel for rel in p.inputs if _reaches(s, rel, _reaching_map(ctes, rel)))
-        if len(set(names)) > 1:
-            p.joined.append(sorted(set(names)))
+        sources = _sources(sel)
+        if len(sources) < 2:
+            continue
+        per_source = [{rel for rel in p.inputs if _reaches(s, rel, _reaching_map(ctes, rel))} for s in sources]
+        for i in range(len(per_source)):
+            for j in range(i + 1, len(per_source)):
+                for a in per_source[i]:
+                    for b in per_source[j]:
+                        if a != b:
+                            p.joined.append([a, b])
 
 
 def _plan_window(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
@@ -321,23 +333,20 @@ def _plan_window(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
     if any(sel.args.get("joins") for sel in tree.find_all(exp.Select)):
         raise IvmUnsupported(model, "a join in a window model", "join in an upstream or downstream model")
     windows = list(tree.find_all(exp.Window))
-    scopes = {id(w.find_ancestor(exp.Select)): w.find_ancestor(exp.Select) for w in windows}
-    if len(scopes) > 1:
-        raise IvmUnsupported(model, "window functions in more than one select", "chain two models")
-    scope = next(iter(scopes.values()))
-    if scope is tree:
-        scope_name = ""
-    else:
-        owner = [name for name, body in ctes.items() if body is scope]
-        if not owner:
-            raise IvmUnsupported(model, "window functions inside a nested subquery", "put them in a CTE")
-        scope_name = owner[0]
-    frm = scope.args.get("from_")
-    if frm is None or not isinstance(frm.this, (exp.Table, exp.Subquery)):
-        raise IvmUnsupported(model, "a window over something other than a table or CTE")
-    keys = None
+    scope_ids = {id(w.find_ancestor(exp.Select)) for w in windows}
+    order_names = list(ctes) + [""]
+    bodies = dict(ctes, **{"": tree})
+    scope_names = [n for n in order_names if id(bodies[n]) in scope_ids]
+    if len(scope_names) != len(scope_ids):
+        raise IvmUnsupported(model, "window functions inside a nested subquery", "put them in a CTE")
+    for n in scope_names:
+        frm = bodies[n].args.get("from_")
+        if frm is None or not isinstance(frm.this, (exp.Table, exp.Subquery)):
+            raise IvmUnsupported(model, "a window over something other than a table or CTE")
+    keys: list[str] | None = None
     order = None
-    lb = Lookback()
+    per_scope: dict[str, Lookback] = {n: Lookback() for n in scope_names}
+    partitions = set()
     for w in windows:
         fn = w.this
         fname = (fn.name if isinstance(fn, exp.Anonymous) else fn.sql_name()).lower()
@@ -354,23 +363,32 @@ def _plan_window(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
             raise IvmUnsupported(model, f"a window without ORDER BY (it sees the whole partition): {text}")
         if ordered[0].args.get("desc"):
             raise IvmUnsupported(model, f"ORDER BY ... DESC in a window: {text}")
-        k = [c.name for c in part]
         t = ordered[0].this
         if not isinstance(t, exp.Column):
             raise IvmUnsupported(model, f"a window ordered by an expression: {text}")
-        if keys is None:
-            keys, order = part, t
-        elif k != [c.name for c in keys] or t.name != order.name:
-            raise IvmUnsupported(model, "windows with different PARTITION BY or ORDER BY in one model")
-        lb = _merge(lb, _lookback(w, fname, model, text))
+        names = [c.name for c in part]
+        partitions.add(tuple(names))
+        keys = names if keys is None else [k for k in keys if k in names]
+        if order is None:
+            order = t
+        elif t.name != order.name:
+            raise IvmUnsupported(model, f"windows ordered by different columns ({order.name}, {t.name})")
+        n = next(n for n in scope_names if bodies[n] is w.find_ancestor(exp.Select))
+        per_scope[n] = _merge(per_scope[n], _lookback(w, fname, model, text))
+    if not keys:
+        raise IvmUnsupported(model, "windows partitioned by columns with nothing in common")
+    # A finer partition, or a row-count lookback after another window, needs the key's whole history.
+    if len(partitions) > 1 or any(per_scope[n].rows for n in scope_names[1:]):
+        per_scope = {n: Lookback(unbounded=True) for n in scope_names}
     out = _output_names(tree, model)
-    missing = [c.name for c in keys if c.name not in out] + ([order.name] if order.name not in out else [])
+    missing = [k for k in keys if k not in out] + ([order.name] if order.name not in out else [])
     if missing:
         raise IvmUnsupported(model, f"the window's partition/order column(s) {', '.join(missing)} are not in the output",
                              "select them under the same name")
-    p.locator = [c.name for c in keys] + [order.name]
-    p._info = dict(scope=scope_name, keys=[_unqualify(c) for c in keys], order=_unqualify(order),
-                   lookback=lb, out_keys=[c.name for c in keys], out_order=order.name)
+    p.locator = list(keys) + [order.name]
+    p._info = dict(scope=scope_names[0], scopes=scope_names, keys=[exp.column(k) for k in keys],
+                   order=_unqualify(order), lookbacks=[per_scope[n] for n in scope_names],
+                   out_keys=list(keys), out_order=order.name)
 
 
 def _lookback(w: exp.Window, fname: str, model: str, text: str) -> Lookback:
