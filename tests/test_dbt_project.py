@@ -8,11 +8,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
-import pytest
 import yaml
 
 from tests.fixtures.models import (
-    INTERMEDIATE, MARTS, PROJECT, RULE_MODELS, RULES, libpq_env, run_dbt, sentinel_adapter_available, write_profiles,
+    INTERMEDIATE, MARTS, PROJECT, RULES, libpq_env, run_dbt,
 )
 
 CONTRACT_RULES = [
@@ -113,6 +112,39 @@ def _rows(count_from: int, t0: datetime) -> list[tuple]:
     return rows
 
 
+def _late_rows(t0: datetime) -> list[tuple]:
+    """Late and out-of-order events on the cards of _rows, plus a fresh batch."""
+    return [
+        # velocity: a late 5th transaction inside c-velocity's minute
+        ("late-v", "c-velocity", "m-2", "grocery", Decimal("9.00"), "US", None, None, None,
+         t0 + timedelta(seconds=5)),
+        # impossible travel: a late London purchase moves the flag from 3600 s to 1800 s
+        ("late-t", "c-travel", "m-3", "travel", Decimal("50.00"), "GB", 51.5080, -0.1280, None,
+         t0 + timedelta(seconds=1800)),
+        # account takeover: a late, earlier use of dev-2 means dev-2 was not new at 2000 s
+        ("late-a", "c-takeover", "m-4", "grocery", Decimal("3.00"), "US", None, None, "dev-2",
+         t0 + timedelta(seconds=100)),
+        # cross border: a late change between the others
+        ("late-c", "c-border", "m-5", "travel", Decimal("20.00"), "MX", None, None, None,
+         t0 + timedelta(seconds=300)),
+    ]
+
+
+def assert_models_equal_their_sql(dsn: str, work: Path) -> None:
+    """Every maintained model's table holds exactly what its compiled SQL gives now."""
+    compiled = {p.stem: p.read_text() for p in (work / "target" / "compiled").rglob("*.sql")}
+    with psycopg.connect(dsn) as conn:
+        for name in INTERMEDIATE + MARTS:
+            schema = "fraud_intermediate" if name in INTERMEDIATE else "fraud"
+            table = f"{schema}.{name}"
+            sql = compiled[name]
+            differ = conn.execute(
+                f"select count(*) from ((select * from {table} except all ({sql})) "
+                f"union all (({sql}) except all select * from {table})) as d"
+            ).fetchone()[0]
+            assert differ == 0, f"{table} differs from its SQL in {differ} rows"
+
+
 def _insert(dsn: str, rows: list[tuple]) -> None:
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         cur.executemany(
@@ -123,27 +155,34 @@ def _insert(dsn: str, rows: list[tuple]) -> None:
 
 
 def test_dbt_run_and_dbt_test_pass_on_postgres(db, tmp_path):
-    """`dbt run` deploys every model with the committed profile; `dbt test` passes; every rule fires."""
+    """`dbt run` deploys every model with the committed profile, every rule fires on the history,
+    each maintained table equals its SQL before and after late rows, and `dbt test` passes."""
     env = libpq_env(db.dsn)
     t0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
     _insert(db.dsn, _rows(0, t0))
-    if sentinel_adapter_available():
-        profiles, extra, maintained = PROJECT, [], True
-    else:  # until Sentinel's adapter lands: plain postgres, snapshot tables
-        profiles = write_profiles(tmp_path / "profiles", adapter_type="postgres")
-        extra, maintained = ["--vars", "{sentinel_materialized: table}"], False
-    run_dbt("run", *extra, work=tmp_path, profiles_dir=profiles, env=env)
-    if maintained:  # rows that arrive after the deploy are flagged too
-        _insert(db.dsn, [(f"late-{i}", "c-late", "m-1", "grocery", Decimal("3000.00"), "US",
-                          None, None, None, t0) for i in range(2)])
-    run_dbt("test", *extra, work=tmp_path, profiles_dir=profiles, env=env)
+    run_dbt("run", work=tmp_path, env=env)  # the committed profile: adapter `sentinel`
+    assert_models_equal_their_sql(db.dsn, tmp_path)
+    with psycopg.connect(db.dsn) as conn:
+        backfilled = {r for (r,) in conn.execute("select distinct rule from fraud.flagged_transactions")}
+    assert backfilled == set(CONTRACT_RULES)
+    # Rows that arrive after the deploy, some late, change the flags in their own transaction.
+    _insert(db.dsn, [(f"late-{i}", "c-late", "m-1", "grocery", Decimal("3000.00"), "US",
+                      None, None, None, t0) for i in range(2)])
+    _insert(db.dsn, _late_rows(t0))
+    assert_models_equal_their_sql(db.dsn, tmp_path)
+    run_dbt("test", work=tmp_path, env=env)
     with psycopg.connect(db.dsn) as conn:
         fired = dict(conn.execute(
             "select rule, count(*) from fraud.flagged_transactions group by rule").fetchall())
         relkinds = dict(conn.execute(
             "select c.relname, c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace "
             "where n.nspname in ('fraud', 'fraud_intermediate') and c.relkind in ('r', 'v', 'm')").fetchall())
-    assert set(fired) == set(CONTRACT_RULES), fired
-    assert fired["high_value"] == (3 if maintained else 1)
+    # The late events added (velocity), moved (impossible_travel) and removed (account_takeover) flags.
+    assert set(fired) == set(CONTRACT_RULES) - {"account_takeover"}, fired
+    assert (fired["high_value"], fired["velocity"], fired["impossible_travel"]) == (3, 2, 1)
+    with psycopg.connect(db.dsn) as conn:
+        (travel,) = conn.execute(
+            "select txn_id from fraud.flagged_transactions where rule = 'impossible_travel'").fetchone()
+    assert travel == "late-t"
     for name in INTERMEDIATE + MARTS:
         assert relkinds.get(name) == "r", (name, relkinds.get(name))  # a table, never a view
