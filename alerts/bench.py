@@ -1,21 +1,21 @@
 """`python -m alerts.bench`: latency from a transaction's commit to its alert in the file sink.
 
-Measurement. The loader (`python -m loader.cli`, a separate process) streams synthetic
-transactions at --rate into an engine with every default model deployed; the listener runs in
-this process with one file sink whose deliveries are timed right after write+flush returns
-(wall clock). A flagged row's commit time is the server's own commit timestamp of the transaction
-that logged it (`pg_xact_commit_timestamp`, so `track_commit_timestamp` is switched on in the
-engine this command starts). Latency = flush time - commit time, same machine, same clock.
-Alerts of the first --warmup seconds are left out. Without commit timestamps (--dsn to a server
-where the setting is off) the change log's logged_at (taken inside the transaction, before its
-commit) stands in, which can only overstate the latency.
+Measurement. A writer process streams the loader's synthetic transactions (loader.generator, the
+rows `sentinel load` sends) at --rate into an engine with every default model deployed, one COPY
+transaction per --batch-ms, and notes the wall-clock time each COMMIT returns, keyed by the
+transaction id. The listener runs in this process with one file sink whose deliveries are timed
+right after write+flush returns. Latency = flush time - COMMIT-returned time of the transaction
+that flagged the row (same machine, same clock): from the moment the commit is acknowledged, and
+so visible, to the alert line being in the file. Alerts of the first --warmup seconds are left out.
+
+Also printed: the same from the server's commit timestamp (`pg_xact_commit_timestamp`, taken as the
+commit record is written, before its WAL flush; it adds the commit's own fsync to the figure), and
+from the change log's logged_at (inside the transaction).
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import multiprocessing
 import tempfile
 import threading
 import time
@@ -29,7 +29,6 @@ from alerts.listener import Listener
 from alerts.model import Alert
 from alerts.sinks import FileSink
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 class TimedFileSink(FileSink):
@@ -132,14 +131,66 @@ def _start_engine(home: Path, *, stand_in: bool):
     return engine, engine.dsn("owner")
 
 
+def _fraud_shares(fraud_share: float | None) -> dict[str, float] | None:
+    from loader.generator import DEFAULT_SHARES
+
+    if fraud_share is None:
+        return None
+    fraud = {k: v for k, v in DEFAULT_SHARES.items() if not k.startswith("legit_")}
+    total = sum(fraud.values())
+    shares = dict(DEFAULT_SHARES)
+    shares.update({k: v / total * fraud_share for k, v in fraud.items()})
+    return shares
+
+
+def timed_load(dsn: str, rate: float, seconds: float, batch_ms: float, fraud_share: float | None,
+               out_path: str) -> None:
+    """The writer process: generated rows at `rate`/s, one COPY transaction per batch, and the time
+    each COMMIT returned (JSON: xid -> epoch seconds, plus totals) written to `out_path`."""
+    from loader.generator import GeneratorConfig, generate
+    from loader.schema import COLUMNS
+    from loader.writer import format_copy_text
+
+    shares = _fraud_shares(fraud_share)
+    config = GeneratorConfig(seed=7, rate=rate, **({"shares": shares} if shares else {}))
+    rows = generate(config)
+    copy_sql = f"copy fraud.transactions ({', '.join(COLUMNS)}) from stdin"
+    commits: dict[str, float] = {}
+    sent = 0
+    with psycopg.connect(dsn) as conn:
+        start = time.monotonic()
+        next_batch = start
+        while True:
+            next_batch += batch_ms / 1000
+            pause = next_batch - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            elapsed = time.monotonic() - start
+            if elapsed >= seconds:
+                break
+            due = int(elapsed * rate) - sent
+            batch = [next(rows) for _ in range(due)]
+            if not batch:
+                continue
+            with conn.cursor() as cur:
+                with cur.copy(copy_sql) as copy:
+                    copy.write(format_copy_text(batch))
+                xid = cur.execute("select pg_current_xact_id()::text").fetchone()[0]
+            conn.commit()
+            commits[xid] = time.time()
+            sent += len(batch)
+        elapsed = time.monotonic() - start
+    Path(out_path).write_text(json.dumps({"commits": commits, "rows": sent, "seconds": elapsed}))
+
+
 @click.command()
 @click.option("--dsn", help="An engine with sql/ applied and the models deployed (default: start a temporary one).")
-@click.option("--rate", type=float, default=5000.0, show_default=True, help="Loader transactions per second.")
-@click.option("--seconds", type=float, default=30.0, show_default=True, help="How long the loader runs.")
+@click.option("--rate", type=float, default=5000.0, show_default=True, help="Transactions per second written.")
+@click.option("--seconds", type=float, default=30.0, show_default=True, help="How long the writer runs.")
 @click.option("--warmup", type=float, default=5.0, show_default=True, help="Seconds of alerts left out first.")
-@click.option("--batch-ms", type=float, default=200.0, show_default=True, help="The loader's batching interval.")
+@click.option("--batch-ms", type=float, default=200.0, show_default=True, help="One transaction per this many ms (the loader's default).")
 @click.option("--fraud-share", type=click.FloatRange(0, 0.5),
-              help="Passed to the loader: total share of fraud scenarios (more alerts, tighter percentiles).")
+              help="Total share of fraud scenarios in the generated stream (more alerts, tighter percentiles).")
 @click.option("--stand-in", is_flag=True,
               help="Instead of the dbt models, a trigger-maintained high_value-only alert view (listener path only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
@@ -160,15 +211,15 @@ def main(dsn: str | None, rate: float, seconds: float, warmup: float, batch_ms: 
         listener.open()
         listener.start()
         started = time.time()
-        loader = subprocess.run(
-            [sys.executable, "-m", "loader.cli", "--dsn", dsn, "--rate", str(rate), "--duration", str(seconds),
-             "--batch-ms", str(batch_ms), "--quiet", "--json",
-             *(["--fraud-share", str(fraud_share)] if fraud_share is not None else [])],
-            cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        if loader.returncode != 0:
-            raise click.ClickException(f"the loader failed: {(loader.stderr or loader.stdout).strip()[-300:]}")
-        summary = json.loads(loader.stdout.strip().splitlines()[-1])
+        out_path = str(Path(tmp.name) / "commits.json")
+        writer = multiprocessing.get_context("spawn").Process(
+            target=timed_load, args=(dsn, rate, seconds, batch_ms, fraud_share, out_path))
+        writer.start()
+        writer.join()
+        if writer.exitcode != 0 or not Path(out_path).exists():
+            raise click.ClickException(f"the writer process failed (exit code {writer.exitcode})")
+        written = json.loads(Path(out_path).read_text())
+        commits = written["commits"]
         with psycopg.connect(dsn, autocommit=True) as conn:
             head = conn.execute("select coalesce(max(seq), 0) from sentinel_alerts.change_log").fetchone()[0]
         deadline = time.monotonic() + 60
@@ -181,29 +232,32 @@ def main(dsn: str | None, rate: float, seconds: float, warmup: float, batch_ms: 
         seqs = [seq for seq, _ in flushed]
         with psycopg.connect(dsn, autocommit=True) as conn:
             rows = conn.execute(
-                "select seq, extract(epoch from logged_at)::float8, "
+                "select seq, xact_id::text, extract(epoch from logged_at)::float8, "
                 + ("extract(epoch from pg_xact_commit_timestamp(xact_id::xid))::float8 " if commit_ts else "null ")
                 + "from sentinel_alerts.change_log where seq between %s and %s",
                 (min(seqs), max(seqs)),
             ).fetchall()
-        by_seq = {seq: (logged, committed) for seq, logged, committed in rows}
-        from_commit = [(t - by_seq[s][1]) * 1000 for s, t in flushed if s in by_seq and by_seq[s][1] is not None]
-        from_logged = [(t - by_seq[s][0]) * 1000 for s, t in flushed if s in by_seq]
+        by_seq = {seq: (xid, logged, committed) for seq, xid, logged, committed in rows}
+        from_ack = [(t - commits[by_seq[s][0]]) * 1000 for s, t in flushed
+                    if s in by_seq and by_seq[s][0] in commits]
+        from_commit_ts = [(t - by_seq[s][2]) * 1000 for s, t in flushed
+                          if s in by_seq and by_seq[s][2] is not None]
+        from_logged = [(t - by_seq[s][1]) * 1000 for s, t in flushed if s in by_seq]
         figures = {
-            "loader_rows": summary.get("loaded"),
-            "loader_rows_per_s": summary.get("rows_per_s"),
-            "loader_max_lag_s": summary.get("max_lag_s"),
-            "alerts_measured": len(from_logged),
-            "alerts_per_s": round(len(from_logged) / max(seconds - warmup, 1e-9), 1),
             "models": "stand-in (high_value trigger)" if stand_in else "deployed dbt models",
-            "latency_from": "commit timestamp" if from_commit else "logged_at (before commit)",
+            "rows_written": written["rows"],
+            "rows_per_s": round(written["rows"] / written["seconds"], 1),
+            "alerts_measured": len(from_ack),
+            "alerts_per_s": round(len(from_ack) / max(seconds - warmup, 1e-9), 1),
         }
-        values = from_commit or from_logged
         for q in (50, 90, 99):
-            figures[f"p{q}_ms"] = round(percentile(values, q), 2)
-        figures["max_ms"] = round(max(values), 2)
-        figures["logged_at_p50_ms"] = round(percentile(from_logged, 50), 2)
-        figures["logged_at_p99_ms"] = round(percentile(from_logged, 99), 2)
+            figures[f"p{q}_ms"] = round(percentile(from_ack, q), 2)
+        figures["max_ms"] = round(max(from_ack), 2) if from_ack else None
+        if from_commit_ts:
+            figures["from_commit_timestamp_p50_ms"] = round(percentile(from_commit_ts, 50), 2)
+            figures["from_commit_timestamp_p99_ms"] = round(percentile(from_commit_ts, 99), 2)
+        figures["from_logged_at_p50_ms"] = round(percentile(from_logged, 50), 2)
+        figures["from_logged_at_p99_ms"] = round(percentile(from_logged, 99), 2)
         if as_json:
             click.echo(json.dumps(figures))
         else:
