@@ -174,6 +174,8 @@ def test_dbt_run_and_dbt_test_pass_on_postgres(db, tmp_path):
     with psycopg.connect(db.dsn) as conn:
         fired = dict(conn.execute(
             "select rule, count(*) from fraud.flagged_transactions group by rule").fetchall())
+        indexes = [d for (d,) in conn.execute(
+            "select indexdef from pg_indexes where schemaname = 'fraud' and tablename = 'flagged_transactions'")]
         relkinds = dict(conn.execute(
             "select c.relname, c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace "
             "where n.nspname in ('fraud', 'fraud_intermediate') and c.relkind in ('r', 'v', 'm')").fetchall())
@@ -184,5 +186,6 @@ def test_dbt_run_and_dbt_test_pass_on_postgres(db, tmp_path):
         (travel,) = conn.execute(
             "select txn_id from fraud.flagged_transactions where rule = 'impossible_travel'").fetchone()
     assert travel == "late-t"
+    assert any("UNIQUE" in d and "(txn_id, rule)" in d for d in indexes), indexes
     for name in INTERMEDIATE + MARTS:
         assert relkinds.get(name) == "r", (name, relkinds.get(name))  # a table, never a view

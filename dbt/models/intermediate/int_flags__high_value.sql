@@ -1,4 +1,6 @@
 -- high_value: t.amount > high_value_min_amount (DESIGN.md; default 2000.00).
+{{ config(unique_key='txn_id') }}
+
 with
 
 stg_transactions as (

@@ -1,8 +1,13 @@
 -- One row per card: how much it has been used, and when first and last.
+{#- Unique indexes exist on PostgreSQL only; RisingWave and Materialize take plain ones. -#}
+{%- set key_index = {'columns': ['card_id']} -%}
+{%- if target.type not in ('risingwave', 'materialize') -%}
+    {%- do key_index.update({'unique': true}) -%}
+{%- endif -%}
 {{
     config(
         indexes=[
-            {'columns': ['card_id'], 'unique': true},
+            key_index,
         ],
     )
 }}

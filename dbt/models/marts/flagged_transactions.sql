@@ -1,10 +1,16 @@
 -- One row per (txn_id, rule) currently flagged: every rule's flags, with a risk level and a
 -- human reason. New rows reach the alert sinks through the post-hook's change log.
+{#- Unique indexes exist on PostgreSQL only; RisingWave and Materialize take plain ones. -#}
+{%- set key_index = {'columns': ['txn_id', 'rule']} -%}
+{%- if target.type not in ('risingwave', 'materialize') -%}
+    {%- do key_index.update({'unique': true}) -%}
+{%- endif -%}
 {{
     config(
+        unique_key=['txn_id', 'rule'],
         post_hook="{{ sentinel_alert_changelog(this) }}",
         indexes=[
-            {'columns': ['txn_id', 'rule'], 'unique': true},
+            key_index,
             {'columns': ['card_id']},
             {'columns': ['event_time']},
         ],
