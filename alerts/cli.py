@@ -73,7 +73,7 @@ def _resolve_dsn(ctx: click.Context, dsn: str | None) -> str:
 
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--sink", "sinks", multiple=True, required=True, metavar="SPEC",
-              help=f"Where alerts go (repeatable): {SINK_USAGE}.")
+              help=f"Where alerts go (repeatable): {SINK_USAGE.removeprefix('expected ')}.")
 @click.option("--from-start/--from-now", "from_start", default=True, show_default=True,
               help="Where a sink seen for the first time starts: the whole change log, or new alerts only. "
                    "A known sink always resumes from its stored position.")

@@ -304,3 +304,16 @@ def test_a_seq_that_commits_late_is_not_skipped(alerts_db, tmp_path):
 def insert_flagged_in(conn, txn_id: str) -> None:
     conn.execute("insert into fraud.flagged_transactions (txn_id, rule, card_id) values (%s, 'high_value', 'c')",
                  (txn_id,))
+
+
+def test_webhook_slack_body(tmp_path):
+    """The Slack-compatible body: {"text": one human line}, POSTed to a real local server."""
+    from alerts.model import make_alert
+
+    alert = make_alert(seq=1, op="+", flagged_at=None, row={
+        "txn_id": "t9", "rule": "impossible_travel", "card_id": "c9", "risk_level": "critical",
+        "reason": "8,412 km in 12 min = 42,060 km/h", "amount": 120.5})
+    with WebhookServer() as hook:
+        WebhookSink(hook.url, timeout=2, body="slack").deliver([alert])
+        assert hook.received == [{"text": "[critical] impossible_travel: card c9, txn t9, amount 120.50 — "
+                                          "8,412 km in 12 min = 42,060 km/h"}]
