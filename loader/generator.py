@@ -146,6 +146,7 @@ class World:
         self.countries = sorted(by_country)
 
         # Card-present merchants: MERCHANTS_PER_CITY per city, the last one an ATM.
+        names = [_slug(fake.company()) for _ in range(500)]  # merchant names: Faker, once
         cats = list(CATEGORIES)
         cat_p = np.array([CATEGORIES[c][2] for c in cats])
         cat_p = cat_p / cat_p.sum()
@@ -158,7 +159,7 @@ class World:
             for k in range(MERCHANTS_PER_CITY):
                 is_atm = k == MERCHANTS_PER_CITY - 1
                 cat = "atm" if is_atm else cats[int(rng.choice(len(cats), p=cat_p))]
-                name = "atm" if is_atm else _slug(fake.company())
+                name = "atm" if is_atm else names[int(rng.integers(len(names)))]
                 self.merchant_id.append(f"m{len(self.merchant_id):05d}-{name}")
                 self.merchant_cat.append(cat)
                 # within ~8 km of the city centre
@@ -180,11 +181,36 @@ class World:
         self.ecom_by_country: dict[str, list[int]] = {}
         for k in range(ECOM_MERCHANTS):
             cc = home_cc[int(rng.choice(len(home_cc), p=home_p))] if k % 5 else self.countries[k % len(self.countries)]
-            self.ecom_id.append(f"e{k:04d}-{_slug(fake.company())}")
+            self.ecom_id.append(f"e{k:04d}-{names[k % len(names)]}")
             self.ecom_cat.append(ecats[int(rng.choice(len(ecats), p=ecat_p))])
             self.ecom_country.append(cc)
             self.ecom_by_country.setdefault(cc, []).append(k)
         self.ecom_countries = sorted(self.ecom_by_country)
+
+        # One table of every merchant (card-present, then online) for the vectorized draws.
+        self.n_physical = len(self.merchant_id)
+        self.all_id = self.merchant_id + self.ecom_id
+        self.all_cat = self.merchant_cat + self.ecom_cat
+        self.all_channel = ["atm" if c == "atm" else "pos" for c in self.merchant_cat] + ["ecom"] * ECOM_MERCHANTS
+        self.all_country = [self.city_country[k // MERCHANTS_PER_CITY] for k in range(self.n_physical)] + self.ecom_country
+        self.all_lat = self.merchant_lat + [None] * ECOM_MERCHANTS
+        self.all_lon = self.merchant_lon + [None] * ECOM_MERCHANTS
+        cat_names = sorted(CATEGORY_PARAMS)
+        cat_index = {c: k for k, c in enumerate(cat_names)}
+        self.cat_median = np.array([CATEGORY_PARAMS[c][0] for c in cat_names] + [0.0])
+        self.cat_sigma = np.array([CATEGORY_PARAMS[c][1] for c in cat_names] + [0.0])
+        self.all_cat_idx = np.array([cat_index.get(c, len(cat_names)) for c in self.all_cat])
+        # Online merchants of each city's country, as flat arrays (start, length per city).
+        flat: list[int] = []
+        starts, lengths = [], []
+        for city in range(n_cities):
+            pool = self.ecom_by_country.get(self.city_country[city], [])
+            starts.append(len(flat))
+            lengths.append(len(pool))
+            flat.extend(pool)
+        self.pool_flat = np.array(flat + [0], dtype=np.int64)
+        self.pool_start = np.array(starts, dtype=np.int64)
+        self.pool_len = np.array(lengths, dtype=np.int64)
 
         # Cards: numpy arrays, so the pool scales to millions.
         self.n_cards = n_cards
@@ -203,6 +229,9 @@ class World:
     def device_id(self, card: int) -> str:
         # A bijection of the card number, so two cards never share a device.
         return f"dev-{((card * 0x9E3779B1) ^ self.device_salt) & 0xFFFFFFFFFF:010x}"
+
+
+_UTC = timezone.utc
 
 
 def _fmt_time(t: float) -> datetime:
@@ -231,8 +260,8 @@ class Generator:
         self.rng = np.random.default_rng([config.seed, 2])
         self.r = random.Random(config.seed)
         n = self.world.n_cards
-        self.last_seen = np.full(n, -np.inf)
-        self.busy_until = np.full(n, -np.inf)
+        self.seen = np.zeros(n, dtype=bool)  # cards with at least one transaction so far
+        self.busy_until: dict[int, float] = {}  # cards in an episode, kept out of normal traffic
         self.heap: list[tuple[float, int, tuple]] = []
         self.seq = 0
         self.txn_prefix = f"t{config.seed:x}-"
@@ -252,21 +281,46 @@ class Generator:
         self.scenario_cum = np.cumsum(starts).tolist() if len(starts) else []
         self.p_episode = self.scenario_cum[-1] if self.scenario_cum else 0.0
         self._chunk_i = CHUNK
+        self._used: list[int] = []  # cards of normal rows made since the last chunk
         self._heap_seq = 0
 
     # -- numpy chunks -----------------------------------------------------------------------
 
     def _refill(self) -> None:
+        """Draw the next CHUNK normal transactions at once (numpy); the loop only assembles tuples."""
         g = self.rng
-        n = self.world.n_cards
-        self._card = g.integers(0, n, size=CHUNK).tolist()
-        self._u_chan = g.random(CHUNK).tolist()
+        w = self.world
+        if self._used:
+            self.seen[self._used] = True
+            self._used = []
+        if len(self.busy_until) > 10_000:
+            self.busy_until = {c: u for c, u in self.busy_until.items() if u > self.clock}
+        cards = g.integers(0, w.n_cards, size=CHUNK)
+        cities = w.card_city[cards]
+        u_chan = g.random(CHUNK)
+        r = g.integers(0, MERCHANTS_PER_CITY - 1, size=CHUNK)
+        u_misc = g.random(CHUNK)
+        z = g.standard_normal(CHUNK)
+        pos = cities * MERCHANTS_PER_CITY + r
+        atm = cities * MERCHANTS_PER_CITY + (MERCHANTS_PER_CITY - 1)
+        plen = w.pool_len[cities]
+        home = w.pool_flat[w.pool_start[cities] + r % np.maximum(plen, 1)]
+        anywhere = (u_misc * ECOM_MERCHANTS).astype(np.int64) % ECOM_MERCHANTS
+        ecom = w.n_physical + np.where((u_misc < 0.85) & (plen > 0), home, anywhere)
+        merchant = np.where(u_chan < 0.68, pos, np.where(u_chan < 0.95, ecom, atm))
+        cat = w.all_cat_idx[merchant]
+        amount = w.cat_median[cat] * w.card_scale[cards] * np.exp(w.cat_sigma[cat] * z)
+        amount = np.clip(amount, 1.0, LEGIT_MAX_AMOUNT)
+        amount = np.where(u_chan >= 0.95, 20.0 * (1 + np.floor(u_misc * 15)), amount)
+        self._card = cards.tolist()
+        self._merchant = merchant.tolist()
+        self._amount = [f"{a:.2f}" for a in amount.tolist()]
         self._u_ep = g.random(CHUNK).tolist()
         self._u_late = g.random(CHUNK).tolist()
-        self._merchant = g.integers(0, MERCHANTS_PER_CITY - 1, size=CHUNK).tolist()
-        self._z = g.standard_normal(CHUNK).tolist()
-        self._u_misc = g.random(CHUNK).tolist()
-        self._gap = g.exponential(1.0, size=CHUNK).tolist()
+        if not self.config.paced:
+            hour = int(self.clock // 3600.0) % 24
+            gaps = g.exponential(1.0 / (self.config.sim_rate * HOURLY_RHYTHM[hour]), size=CHUNK)
+            self._times = (self.clock + np.cumsum(gaps)).tolist()
         self._chunk_i = 0
 
     # -- rows -------------------------------------------------------------------------------
@@ -328,34 +382,36 @@ class Generator:
         """One legitimate transaction at time t, from the pre-drawn chunk at index i."""
         w = self.world
         card = self._card[i]
-        tries = 0
-        while self.busy_until[card] > t and tries < 8:
-            card = self.r.randrange(w.n_cards)
-            tries += 1
-        self.last_seen[card] = t
-        city = int(w.card_city[card])
-        u = self._u_chan[i]
-        if u < 0.68:
-            m = city * MERCHANTS_PER_CITY + self._merchant[i]
-            cat = w.merchant_cat[m]
-            return self._row(
-                t, card, w.merchant_id[m], cat, self._legit_amount(cat, card, self._z[i]), "pos",
-                w.city_country[city], w.merchant_lat[m], w.merchant_lon[m],
-            )
-        if u < 0.95:
-            home = w.city_country[city]
-            pool = w.ecom_by_country.get(home) if self._u_misc[i] < 0.85 else None
-            e = pool[self._merchant[i] % len(pool)] if pool else int(self._u_misc[i] * ECOM_MERCHANTS) % ECOM_MERCHANTS
-            cat = w.ecom_cat[e]
-            return self._row(
-                t, card, w.ecom_id[e], cat, self._legit_amount(cat, card, self._z[i]), "ecom",
-                w.ecom_country[e], None, None,
-            )
-        m = city * MERCHANTS_PER_CITY + MERCHANTS_PER_CITY - 1
-        amount = 20.0 * (1 + int(self._u_misc[i] * 15))
-        return self._row(
-            t, card, w.merchant_id[m], "atm", amount, "atm", w.city_country[city],
-            w.merchant_lat[m], w.merchant_lon[m],
+        m = self._merchant[i]
+        amount = self._amount[i]
+        busy = self.busy_until.get(card)
+        if busy is not None and busy > t:
+            # the card is in an episode: another card, same kind of purchase near its own home
+            for _ in range(8):
+                card = self.r.randrange(w.n_cards)
+                if self.busy_until.get(card, -math.inf) <= t:
+                    break
+            if w.all_channel[m] != "ecom":
+                city = int(w.card_city[card])
+                m = city * MERCHANTS_PER_CITY + (m % MERCHANTS_PER_CITY)
+        self._used.append(card)
+        self.seq += 1
+        return (
+            f"{self.txn_prefix}{self.seq:010d}",
+            f"{w.card_prefix}-{card:08d}",
+            f"cu-{card * 4 // 5:08d}",
+            w.all_id[m],
+            w.all_cat[m],
+            Decimal(amount),
+            "USD",
+            w.all_channel[m],
+            w.all_country[m],
+            w.all_lat[m],
+            w.all_lon[m],
+            f"dev-{((card * 0x9E3779B1) ^ w.device_salt) & 0xFFFFFFFFFF:010x}",
+            datetime.fromtimestamp(t, _UTC),
+            False,
+            None,
         )
 
     # -- scenarios --------------------------------------------------------------------------
@@ -364,9 +420,9 @@ class Generator:
     def _pick_card(self, t: float, *, with_history: bool = False) -> int | None:
         for _ in range(64):
             card = self.r.randrange(self.world.n_cards)
-            if self.busy_until[card] > t:
+            if self.busy_until.get(card, -math.inf) > t:
                 continue
-            if with_history and not -math.inf < self.last_seen[card] < t:
+            if with_history and not self.seen[card]:
                 continue
             return card
         return None
@@ -529,7 +585,7 @@ class Generator:
             if cfg.late_share and self.r.random() < cfg.late_share:
                 key = when + self.r.uniform(0.0, cfg.max_delay_s)
             heapq.heappush(self.heap, (key, self.seq_key(), row))
-        self.last_seen[card] = events[-1][0]
+        self.seen[card] = True
         return True
 
     def seq_key(self) -> int:
@@ -543,40 +599,45 @@ class Generator:
         count = cfg.count
         paced = cfg.paced
         step = 1.0 / cfg.rate if paced else 0.0
-        mean_gap = 1.0 / cfg.sim_rate
         late = cfg.late_share
         max_delay = cfg.max_delay_s
         heap = self.heap
         names = self.scenario_names
         cum = self.scenario_cum
         p_ep = self.p_episode
+        normal = self._normal
         emitted = 0
+        i = CHUNK
+        u_ep = u_late = times = None
         while count is None or emitted < count:
-            if self._chunk_i >= CHUNK:
+            if i >= CHUNK:
                 self._refill()
-            i = self._chunk_i
-            self._chunk_i += 1
+                i = 0
+                u_ep, u_late, times = self._u_ep, self._u_late, None if paced else self._times
             if paced:
-                self.clock += step
+                t = self.clock + step  # ticks per delivered row, so pacing by count matches
             else:
-                hour = int(self.clock // 3600.0) % 24
-                self.clock += self._gap[i] * mean_gap / HOURLY_RHYTHM[hour]
-            t = self.clock
+                t = times[i]
+            self.clock = t
             if heap and heap[0][0] <= t:
+                i += 1
                 yield heapq.heappop(heap)[2]
                 emitted += 1
                 continue
-            u = self._u_ep[i]
+            u = u_ep[i]
             if u < p_ep:
                 k = 0
                 while cum[k] < u:
                     k += 1
                 if self._episode(names[k], t) and heap[0][0] <= t:
+                    i += 1
                     yield heapq.heappop(heap)[2]
                     emitted += 1
                     continue
-            row = self._normal(t, i)
-            if late and self._u_late[i] < late:
+            row = normal(t, i)
+            is_late = late and u_late[i] < late
+            i += 1
+            if is_late:
                 heapq.heappush(heap, (t + self.r.random() * max_delay, self.seq_key(), row))
                 if paced:
                     self.clock -= step  # pacing counts delivered rows, not drawn ones

@@ -96,23 +96,62 @@ def _field(value: object) -> str:
     return conv(value) if conv else str(value).translate(_ESCAPES)
 
 
+_SECONDS: dict[int, str] = {}
+
+
+def _second_text(second: int) -> str:
+    if len(_SECONDS) > 100_000:
+        _SECONDS.clear()
+    text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    _SECONDS[second] = text
+    return text
+
+
+def _line_fast(row: tuple) -> str:
+    """One row as a COPY text line, NULLs as NUL; one f-string, no per-field dispatch."""
+    (txn_id, card_id, customer_id, merchant_id, category, amount, currency, channel, country,
+     lat, lon, device_id, event_time, is_fraud, pattern) = row
+    z = _NUL
+    if event_time.__class__ is datetime and event_time.tzinfo is not None:
+        # str(datetime) costs ~1 µs; the second's text is cached and the microseconds appended.
+        ts = event_time.timestamp()
+        if ts >= 0:
+            second = int(ts)
+            base = _SECONDS.get(second)
+            if base is None:
+                base = _second_text(second)
+            event_time = f"{base}.{event_time.microsecond:06d}+00"
+    return (
+        f"{txn_id if txn_id is not None else z}\t{card_id if card_id is not None else z}\t"
+        f"{customer_id if customer_id is not None else z}\t{merchant_id if merchant_id is not None else z}\t"
+        f"{category if category is not None else z}\t{amount if amount is not None else z}\t"
+        f"{currency if currency is not None else z}\t{channel if channel is not None else z}\t"
+        f"{country if country is not None else z}\t{lat if lat is not None else z}\t"
+        f"{lon if lon is not None else z}\t{device_id if device_id is not None else z}\t"
+        f"{event_time if event_time is not None else z}\t{is_fraud if is_fraud is not None else z}\t"
+        f"{pattern if pattern is not None else z}"
+    )
+
+
 def format_copy_text(rows: Sequence[tuple]) -> bytes:
-    """Rows as COPY text-format bytes; about twice as fast as `Copy.write_row` for these types."""
+    """Rows as COPY text-format bytes, about 3x faster than `Copy.write_row` for these types.
+
+    The fast path formats a whole row with one f-string (str() of Decimal, float, datetime and
+    bool are all valid PostgreSQL input) and falls back to escaping field by field when a value
+    contains a tab, newline, carriage return or backslash, or has another type.
+    """
     width = len(COLUMNS) - 1
-    conv = _CONV
     lines = []
+    append = lines.append
+    fast = _line_fast
     for row in rows:
-        try:
-            line = "\t".join([v if v.__class__ is str else conv[v.__class__](v) for v in row])
-        except KeyError:
+        line = fast(row)
+        if line.count("\t") != width or "\\" in line or "\n" in line or "\r" in line:
             line = "\t".join(map(_field, row))
         else:
-            if line.count("\t") != width or "\\" in line or "\n" in line or "\r" in line:
-                line = "\t".join(map(_field, row))
-            else:
-                line = line.replace(_NUL, "\\N")
-        lines.append(line)
-    lines.append("")
+            line = line.replace(_NUL, "\\N")
+        append(line)
+    append("")
     return "\n".join(lines).encode()
 
 
@@ -236,8 +275,26 @@ class Writer:
                 raise
 
     def write_many(self, rows: Sequence[tuple]) -> None:
-        for row in rows:
-            self.write(row)
+        """Queue many rows at once (one lock round-trip); same batching as `write`."""
+        if self._error is not None:
+            self._raise()
+        batches = []
+        with self._lock:
+            if not self._buf:
+                self._buf_since = time.monotonic()
+            self._buf.extend(rows)
+            while len(self._buf) >= self.batch_rows:
+                batches.append(self._buf[:self.batch_rows])
+                del self._buf[:self.batch_rows]
+            if batches and self._buf:
+                self._buf_since = time.monotonic()
+        for k, batch in enumerate(batches):
+            try:
+                data = format_copy_text(batch) if self.mode == "copy" else None
+                self._queue.put((batch, data))
+            except BaseException:
+                self._spill.extend(batches[k:])  # Ctrl-C while handing over: flush() sends them
+                raise
 
     def flush(self) -> None:
         """Send everything written so far and wait until the database has it."""
