@@ -219,7 +219,9 @@ def _install_triggers(cur: Any, p: Plan) -> None:
             if event == "update" and p.shape != "linear":
                 prelude = f"\n    -- recompute shapes read old and new rows as one delta\n"
                 stmts = [s.replace(f"{P}oldnew", f"(select * from {P}old union all select * from {P}new)") for s in stmts]
-            body = "\n".join(f"    {s.strip()};" for s in stmts)
+            # EXECUTE plans each statement for the current statistics and batch size: a plan cached
+            # while the tables were small would scan them whole forever after.
+            body = "\n".join(f"    execute {_dollar(s.strip())};" for s in stmts)
             cur.execute(
                 f"create or replace function {fn}() returns trigger\n"
                 f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
@@ -233,6 +235,15 @@ def _install_triggers(cur: Any, p: Plan) -> None:
             cur.execute(f"drop trigger if exists {_qi(tg)} on {_q(source)}")
             cur.execute(f"create trigger {_qi(tg)} after {event} on {_q(source)} referencing {refs} "
                         f"for each statement execute function {fn}()")
+
+
+def _dollar(text: str) -> str:
+    tag = "$q$"
+    n = 0
+    while tag in text:
+        n += 1
+        tag = f"$q{n}$"
+    return f"{tag}{text}{tag}"
 
 
 def _drop_triggers(cur: Any, relation: str, inputs: list[str]) -> None:

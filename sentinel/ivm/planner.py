@@ -16,7 +16,7 @@ import sqlglot
 from sqlglot import exp
 
 DIALECT = "postgres"
-PLAN_VERSION = "4"
+PLAN_VERSION = "5"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
