@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 
 import click
 from psycopg.conninfo import conninfo_to_dict
@@ -42,18 +41,6 @@ def cli(ctx: click.Context, home: str | None, dsn: str | None) -> None:
 pass_settings = click.pass_obj
 
 
-def _deploy_models(dsn: str, *, target: str = "postgres") -> float:
-    try:
-        from sentinel.deploy import run_dbt
-    except ImportError:
-        raise SentinelError("this installation has no dbt deployment (sentinel.deploy); "
-                            "reinstall with the README's set-up command") from None
-
-    started = time.monotonic()
-    run_dbt(["run"], dsn=dsn, target=target)
-    return time.monotonic() - started
-
-
 @cli.command()
 @click.option("--models/--no-models", default=True, show_default=True,
               help="Deploy the dbt models after applying sql/.")
@@ -63,30 +50,11 @@ def _deploy_models(dsn: str, *, target: str = "postgres") -> float:
 @pass_settings
 def up(settings: Settings, models: bool, engine_kind: str) -> None:
     """Start or reuse the embedded engine, apply sql/, deploy the models; print the DSN."""
-    t0 = time.monotonic()
-    if settings.embedded:
-        if engine_kind != "postgres":
-            raise SentinelError("the embedded engine is PostgreSQL; --engine needs SENTINEL_DSN")
-        engine = settings.engine()
-        started = engine.up()
-        console.print(f"engine {'started' if started else 'already running'} in {engine.home} "
-                      f"(port {engine.running_port()}) [{time.monotonic() - t0:.1f} s]")
-        creds = engine.credentials()
-        owner_dsn = engine.dsn("owner")
-        passwords = {"sentinel_loader": creds["loader"], "sentinel_analyst": creds["analyst"]}
-        dsn_out = owner_dsn
-    else:
-        owner_dsn = dsn_out = settings.dsn
-        passwords = None
-    from sentinel import schema
+    from sentinel.stack import bring_up
 
-    files = schema.apply(owner_dsn, engine=engine_kind, role_passwords=passwords)
-    console.print(f"applied sql/{engine_kind}: {', '.join(files)}")
-    if models:
-        took = _deploy_models(owner_dsn, target=engine_kind)
-        console.print(f"models deployed (dbt run, target {engine_kind}) [{took:.1f} s]")
-    console.print(f"ready in {time.monotonic() - t0:.1f} s; connect with: psql \"$(sentinel dsn)\"")
-    out.print(dsn_out)
+    stack = bring_up(settings, models=models, engine_kind=engine_kind, on_step=console.print)
+    console.print('connect with: psql "$(sentinel dsn)"')
+    out.print(stack.owner_dsn)
 
 
 @cli.command()
