@@ -292,9 +292,10 @@ class Generator:
         w = self.world
         if self._used:
             self.seen[self._used] = True
-            self._used = []
+            self._used.clear()
         if len(self.busy_until) > 10_000:
-            self.busy_until = {c: u for c, u in self.busy_until.items() if u > self.clock}
+            for card in [c for c, u in self.busy_until.items() if u <= self.clock]:
+                del self.busy_until[card]
         cards = g.integers(0, w.n_cards, size=CHUNK)
         cities = w.card_city[cards]
         u_chan = g.random(CHUNK)
@@ -306,7 +307,8 @@ class Generator:
         plen = w.pool_len[cities]
         home = w.pool_flat[w.pool_start[cities] + r % np.maximum(plen, 1)]
         anywhere = (u_misc * ECOM_MERCHANTS).astype(np.int64) % ECOM_MERCHANTS
-        ecom = w.n_physical + np.where((u_misc < 0.85) & (plen > 0), home, anywhere)
+        # 1 % of online purchases go abroad: more would make normal cards look cross-border
+        ecom = w.n_physical + np.where((u_misc < 0.99) & (plen > 0), home, anywhere)
         merchant = np.where(u_chan < 0.68, pos, np.where(u_chan < 0.95, ecom, atm))
         cat = w.all_cat_idx[merchant]
         amount = w.cat_median[cat] * w.card_scale[cards] * np.exp(w.cat_sigma[cat] * z)
@@ -378,41 +380,55 @@ class Generator:
             w.merchant_lat[m], w.merchant_lon[m], **labels,
         )
 
-    def _normal(self, t: float, i: int) -> tuple:
-        """One legitimate transaction at time t, from the pre-drawn chunk at index i."""
+    def _make_normal(self):
+        """The hot path, as a closure over locals: one legitimate transaction at t from chunk index i."""
         w = self.world
-        card = self._card[i]
-        m = self._merchant[i]
-        amount = self._amount[i]
-        busy = self.busy_until.get(card)
-        if busy is not None and busy > t:
-            # the card is in an episode: another card, same kind of purchase near its own home
-            for _ in range(8):
-                card = self.r.randrange(w.n_cards)
-                if self.busy_until.get(card, -math.inf) <= t:
-                    break
-            if w.all_channel[m] != "ecom":
-                city = int(w.card_city[card])
-                m = city * MERCHANTS_PER_CITY + (m % MERCHANTS_PER_CITY)
-        self._used.append(card)
-        self.seq += 1
-        return (
-            f"{self.txn_prefix}{self.seq:010d}",
-            f"{w.card_prefix}-{card:08d}",
-            f"cu-{card * 4 // 5:08d}",
-            w.all_id[m],
-            w.all_cat[m],
-            Decimal(amount),
-            "USD",
-            w.all_channel[m],
-            w.all_country[m],
-            w.all_lat[m],
-            w.all_lon[m],
-            f"dev-{((card * 0x9E3779B1) ^ w.device_salt) & 0xFFFFFFFFFF:010x}",
-            datetime.fromtimestamp(t, _UTC),
-            False,
-            None,
-        )
+        busy_until = self.busy_until
+        used = self._used
+        r = self.r
+        n_cards = w.n_cards
+        card_city = w.card_city
+        all_id, all_cat, all_channel = w.all_id, w.all_cat, w.all_channel
+        all_country, all_lat, all_lon = w.all_country, w.all_lat, w.all_lon
+        card_prefix = w.card_prefix + "-"
+        salt = w.device_salt
+        txn_prefix = self.txn_prefix
+        fromtimestamp = datetime.fromtimestamp
+        utc = _UTC
+        per_city = MERCHANTS_PER_CITY
+
+        def normal(t: float, i: int) -> tuple:
+            card = self._card[i]
+            m = self._merchant[i]
+            if card in busy_until and busy_until[card] > t:
+                # the card is in an episode: another card, same kind of purchase near its own home
+                for _ in range(8):
+                    card = r.randrange(n_cards)
+                    if busy_until.get(card, -math.inf) <= t:
+                        break
+                if all_channel[m] != "ecom":
+                    m = int(card_city[card]) * per_city + (m % per_city)
+            used.append(card)
+            self.seq += 1
+            return (
+                f"{txn_prefix}{self.seq:010d}",
+                f"{card_prefix}{card:08d}",
+                f"cu-{card * 4 // 5:08d}",
+                all_id[m],
+                all_cat[m],
+                Decimal(self._amount[i]),
+                "USD",
+                all_channel[m],
+                all_country[m],
+                all_lat[m],
+                all_lon[m],
+                f"dev-{((card * 0x9E3779B1) ^ salt) & 0xFFFFFFFFFF:010x}",
+                fromtimestamp(t, utc),
+                False,
+                None,
+            )
+
+        return normal
 
     # -- scenarios --------------------------------------------------------------------------
     # Each returns [(event_time, row)] and reserves its card until a real owner could be back.
@@ -480,7 +496,9 @@ class Generator:
 
     def scenario_card_testing(self, t: float, card: int) -> list[tuple[float, tuple]]:
         """6–12 amounts of 0.50–4.99 at one online merchant, 4–20 s apart, from a new device."""
-        e = self.r.choice(self.world.ecom_by_country.get("US") or [0])
+        w = self.world
+        home_cc = w.city_country[int(w.card_city[card])]
+        e = self.r.choice(w.ecom_by_country.get(home_cc) or w.ecom_by_country["US"])
         device = self._new_device()
         out = []
         for _ in range(self.r.randint(6, 12)):
@@ -605,7 +623,7 @@ class Generator:
         names = self.scenario_names
         cum = self.scenario_cum
         p_ep = self.p_episode
-        normal = self._normal
+        normal = self._make_normal()
         emitted = 0
         i = CHUNK
         u_ep = u_late = times = None

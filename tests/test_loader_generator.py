@@ -190,3 +190,27 @@ def test_rules_fire_on_their_scenarios_and_not_on_legitimate_traffic(db, stream:
 def test_haversine_matches_the_rule() -> None:
     # London -> New York is about 5,570 km
     assert haversine_km(51.5074, -0.1278, 40.7128, -74.0060) == pytest.approx(5570, rel=0.01)
+
+
+def test_normal_traffic_rarely_looks_cross_border_or_card_testing(stream: list[tuple]) -> None:
+    """cross_border: >= 2 country changes within an hour; card_testing: >= 5 amounts <= 5.00 in 10 min."""
+    border = testing = normal = 0
+    for txns in _by_card(stream).values():
+        for k, row in enumerate(txns):
+            changes = 0
+            small = 0
+            for j in range(k, 0, -1):
+                gap = (row[C["event_time"]] - txns[j - 1][C["event_time"]]).total_seconds()
+                if gap > 3600:
+                    break
+                changes += txns[j][C["country"]] != txns[j - 1][C["country"]]
+            for prev in txns[: k + 1]:
+                if (row[C["event_time"]] - prev[C["event_time"]]).total_seconds() <= 600 and prev[C["amount"]] <= 5:
+                    small += 1
+            if row[C["fraud_pattern"]] is None:
+                normal += 1
+                border += changes >= 2
+                testing += small >= 5 and row[C["amount"]] <= 5
+    assert normal > 30_000
+    assert border <= normal * 0.002
+    assert testing == 0

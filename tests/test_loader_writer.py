@@ -131,3 +131,13 @@ def test_ctrl_c_flushes_what_was_read_and_exits_cleanly(db) -> None:
     assert summary["interrupted"] is True
     assert summary["read"] > 0
     assert summary["loaded"] == summary["read"] == len(_ids(db.dsn))
+
+
+def test_insert_mode_the_risingwave_fallback_is_idempotent_too(db) -> None:
+    rows = list(generate(GeneratorConfig(seed=8, count=1200)))
+    with Writer(db.loader_dsn, mode="insert", batch_rows=700) as writer:
+        writer.write_many(rows)
+        writer.flush()
+        writer.write_many(rows[:300])
+    assert (writer.stats.inserted, writer.stats.duplicates) == (1200, 300)
+    assert _ids(db.dsn) == sorted(r[0] for r in rows)
