@@ -128,7 +128,7 @@ def _line_fast(row: tuple) -> str:
         f"{currency if currency is not None else z}\t{channel if channel is not None else z}\t"
         f"{country if country is not None else z}\t{lat if lat is not None else z}\t"
         f"{lon if lon is not None else z}\t{device_id if device_id is not None else z}\t"
-        f"{event_time if event_time is not None else z}\t{is_fraud if is_fraud is not None else z}\t"
+        f"{event_time if event_time is not None else z}\t{('t' if is_fraud else 'f') if is_fraud is not None else z}\t"
         f"{pattern if pattern is not None else z}"
     )
 
@@ -236,6 +236,11 @@ class Writer:
         except psycopg.Error as exc:
             raise WriterError(f"cannot connect to the database: {_one_line(exc)}") from None
         self.dialect = detect_dialect(self._conn)
+        if self.dialect != "postgres":
+            # RisingWave has no read-write transactions (BEGIN is accepted and ignored) and
+            # Materialize restricts them: statements run on their own there.
+            self._conn.rollback()
+            self._conn.autocommit = True
         self.mode = mode if mode != "auto" else ("insert" if self.dialect == "risingwave" else "copy")
         if self.dialect != "postgres":
             self.stats.duplicates = None
@@ -389,6 +394,7 @@ class Writer:
             self.dsn,
             connect_timeout=max(1, int(self.connect_timeout_s)),
             application_name="sentinel-loader",
+            autocommit=getattr(self, "dialect", "postgres") != "postgres",
         )
         self._stage_ready = False
         return conn
@@ -451,6 +457,8 @@ class Writer:
         conn = self._conn
         assert conn is not None
         try:
+            if conn.autocommit:
+                return self._bulk(conn, batch, data), 0
             with conn.transaction():
                 inserted = self._bulk(conn, batch, data)
             return inserted, 0
@@ -511,9 +519,13 @@ class Writer:
         inserted = rejected = 0
         for row in batch:
             try:
+                if conn.autocommit:
+                    with conn.cursor() as cur:
+                        inserted += self._insert_values(cur, [row], on_conflict=False)
+                    continue
                 with conn.transaction():
                     with conn.cursor() as cur:
-                        inserted += self._insert_values(cur, [row], on_conflict=self.dialect == "postgres")
+                        inserted += self._insert_values(cur, [row], on_conflict=True)
             except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
                 rejected += 1
                 if self.on_reject is not None:
