@@ -221,7 +221,7 @@ def _install_triggers(cur: Any, p: Plan) -> None:
                 stmts = [s.replace(f"{P}oldnew", f"(select * from {P}old union all select * from {P}new)") for s in stmts]
             # EXECUTE plans each statement for the current statistics and batch size: a plan cached
             # while the tables were small would scan them whole forever after.
-            body = "\n".join(f"    execute {_dollar(s.strip())};" for s in stmts)
+            body = "\n".join(_plpgsql(s.strip()) for s in stmts)
             cur.execute(
                 f"create or replace function {fn}() returns trigger\n"
                 f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
@@ -235,6 +235,15 @@ def _install_triggers(cur: Any, p: Plan) -> None:
             cur.execute(f"drop trigger if exists {_qi(tg)} on {_q(source)}")
             cur.execute(f"create trigger {_qi(tg)} after {event} on {_q(source)} referencing {refs} "
                         f"for each statement execute function {fn}()")
+
+
+def _plpgsql(stmt: str) -> str:
+    """One statement of a trigger function: planned on each call; temp tables created once per session."""
+    head = "create temp table if not exists "
+    if stmt.startswith(head):
+        name = stmt[len(head):].split(" ", 1)[0]
+        return (f"    if to_regclass({_dollar('pg_temp.' + name)}) is null then execute {_dollar(stmt)}; end if;")
+    return f"    execute {_dollar(stmt)};"
 
 
 def _dollar(text: str) -> str:

@@ -16,7 +16,7 @@ import sqlglot
 from sqlglot import exp
 
 DIALECT = "postgres"
-PLAN_VERSION = "5"
+PLAN_VERSION = "7"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -127,6 +127,7 @@ class Plan:
         out.append(_cte(P + "keys", sqlglot.parse_one(
             f"select {sel}, min({t_sql}) as {P}t0 from {d_src.sql(DIALECT)} {wh} "
             f"group by {', '.join(str(i + 1) for i in range(len(kcols)))}", read=DIALECT)))
+        keys_prefix = "with " + ",\n".join(c.sql(DIALECT) for c in out)
         # 2. the lower bound of the inputs each key's recomputation reads
         o_src = _as_alias(src.copy(), alias).sql(DIALECT)
         key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(keys_sql, kcols))
@@ -177,21 +178,33 @@ class Plan:
             [f"{P}m.{_qi(c)} = {P}kk.{k}" for c, k in zip(out_keys, kcols)]
             + [f"{P}m.{_qi(out_t)} >= {P}kk.{P}t0"])
         prefix = "with " + ",\n".join(c.sql(DIALECT) for c in out)
+        # The recomputed rows go to a session temp table once, then two statements (delete, then
+        # insert: downstream triggers see each kind separately) diff them against the table.
+        tmp = "pg_temp." + _qi(f"{P}f_{self.fingerprint[:16]}")
         old = f"select {P}m.* from {_q(self.relation)} as {P}m join {P}keys as {P}kk on {old_filter}"
         old_ctid = f"select {P}m.ctid as {P}ctid, {P}m.* from {_q(self.relation)} as {P}m join {P}keys as {P}kk on {old_filter}"
         cols = self.columns
+        fresh_filter_t = fresh_filter.replace(f"{P}f.", "f.")
+        fresh_n = (f"{P}fresh_n as (select f.*, row_number() over (partition by {_cols(cols, 'f')}) as {P}n "
+                   f"from {tmp} as f where exists (select from {P}keys as {P}kk where {fresh_filter_t}))")
+        create = (f"create temp table if not exists {_qi(f'{P}f_{self.fingerprint[:16]}')} "
+                  f"(like {_q(self.relation)}) on commit delete rows")
+        clear = f"delete from {tmp}"
+        # all recomputed rows of the affected keys; those before t0 are dropped when diffing (the
+        # temp table's size-based estimate makes that a hash join, not a nested loop over keys)
+        fill = f"{prefix}\ninsert into {tmp} {tree.sql(DIALECT)}"
         delete = (
-            f"{prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old_ctid}) as o),\n"
-            f"{P}fresh_n as (select f.*, row_number() over (partition by {_cols(cols, 'f')}) as {P}n from {P}fresh as f)\n"
+            f"{keys_prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old_ctid}) as o),\n"
+            f"{fresh_n}\n"
             f"delete from {_q(self.relation)} as {P}t using {P}old_n as o\n"
             f"where {P}t.ctid = o.{P}ctid and not exists (select from {P}fresh_n as f where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
         insert = (
-            f"{prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old}) as o),\n"
-            f"{P}fresh_n as (select f.*, row_number() over (partition by {_cols(cols, 'f')}) as {P}n from {P}fresh as f)\n"
+            f"{keys_prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old}) as o),\n"
+            f"{fresh_n}\n"
             f"insert into {_q(self.relation)} ({_cols(cols)})\n"
             f"select {_cols(cols, 'f')} from {P}fresh_n as f\n"
             f"where not exists (select from {P}old_n as o where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
-        return [delete, insert]
+        return [create, clear, fill, delete, insert, clear]
 
     # ----- aggregate ----------------------------------------------------------------------
     def _aggregate_merge(self, relation: str, delta: str) -> str:
