@@ -107,7 +107,7 @@ def _rows(count_from: int, t0: datetime) -> list[tuple]:
     for s in range(5):
         add("c-spike", "20.00", s * 600)
     add("c-spike", "400.00", 3100)
-    for s, country in enumerate(("US", "CA", "US")):
+    for s, country in enumerate(("US", "CA", "GB")):
         add("c-border", "15.00", s * 600, country=country)
     return rows
 

@@ -287,19 +287,35 @@ def test_amount_spike_needs_enough_history(cards):
 
 # --- cross_border -----------------------------------------------------------------------------
 
-def test_cross_border_country_changes_within_the_window(cards):
+def test_cross_border_counts_changes_to_new_countries_within_the_window(cards):
+    ids = cards.insert(
+        {"country": "US", "event_time": 0},
+        {"country": "CA", "event_time": 600},
+        {"country": "MX", "event_time": 900},
+        {"country": "GB", "event_time": 1200},
+    )
+    assert cards.flags("cross_border") == {
+        ids[2]: "2 country changes in 1 h, CA to MX",
+        ids[3]: "3 country changes in 1 h, MX to GB",
+    }
+
+
+def test_cross_border_ignores_going_back_and_rows_without_country(cards):
+    # Home, a foreign web shop, home again: one change, not two.
+    cards.insert(
+        {"card": "home", "country": "US", "event_time": 0},
+        {"card": "home", "country": "DE", "channel": "ecom", "event_time": 200},
+        {"card": "home", "country": "US", "event_time": 400},
+    )
+    assert cards.flags("cross_border") == {}
+    # The CA change lies exactly 1 h before MX: inside the window; the country-less row is skipped.
     ids = cards.insert(
         {"country": "US", "event_time": 0},
         {"country": "CA", "event_time": 600},
         {"country": None, "channel": "ecom", "event_time": 900},
-        {"country": "US", "event_time": 1200},
-        {"country": "US", "event_time": 1300},
-        {"country": "MX", "event_time": 600 + 3600},  # the CA change at 600 is exactly 1 h back
+        {"country": "MX", "event_time": 600 + 3600},
     )
-    assert cards.flags("cross_border") == {
-        ids[3]: "2 country changes in 1 h, CA to US",
-        ids[5]: "3 country changes in 1 h, US to MX",
-    }
+    assert cards.flags("cross_border") == {ids[3]: "2 country changes in 1 h, CA to MX"}
 
 
 # --- marts ------------------------------------------------------------------------------------

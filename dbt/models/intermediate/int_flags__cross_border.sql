@@ -1,4 +1,4 @@
--- cross_border: a card hopping between countries. t is a country change
+-- cross_border: a card hopping between countries. t is a change to a new country
 -- (int_transactions__country_changes) and at least cross_border_min_changes changes of t's card,
 -- t included, have event_time in [t.event_time - window, t.event_time].
 with

@@ -1,5 +1,7 @@
--- Transactions whose country differs from the country of the card's previous transaction with a
--- country, ordered by (event_time, txn_id) with txn_id bytewise. Feeds cross_border.
+-- Country changes that go somewhere new: transactions whose country differs from the countries of
+-- the card's previous two transactions with a country (ordered by (event_time, txn_id), txn_id
+-- bytewise). Going back where the card just was (home -> foreign web shop -> home) is not one.
+-- Feeds cross_border.
 with
 
 stg_transactions as (
@@ -36,7 +38,10 @@ with_previous_country as (
         event_time,
         lag(country) over (
             partition by card_id order by event_time, {{ sentinel_bytewise('txn_id') }}
-        ) as previous_country
+        ) as previous_country,
+        lag(country, 2) over (
+            partition by card_id order by event_time, {{ sentinel_bytewise('txn_id') }}
+        ) as country_before_previous
     from with_country
 )
 
@@ -54,3 +59,4 @@ select
     previous_country
 from with_previous_country
 where country <> previous_country
+    and (country_before_previous is null or country <> country_before_previous)
