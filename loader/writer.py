@@ -100,7 +100,7 @@ _SECONDS: dict[int, str] = {}
 
 
 def _second_text(second: int) -> str:
-    if len(_SECONDS) > 100_000:
+    if len(_SECONDS) > 4096:  # rows arrive roughly in time order: a small cache is enough
         _SECONDS.clear()
     text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
     _SECONDS[second] = text
