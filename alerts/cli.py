@@ -11,7 +11,7 @@ import psycopg
 
 from alerts.listener import Listener, SinkStats
 from alerts.sinks import SINK_USAGE, SinkOptions, SinkSpecError, parse_sink
-from alerts.sources import AlertViewMissing
+from alerts.sources import AlertViewMissing, SinkBusy
 
 EXAMPLES = """
 \b
@@ -118,7 +118,7 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
             logger.warning(warning)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sink") from None
-    except AlertViewMissing as exc:
+    except (AlertViewMissing, SinkBusy) as exc:
         raise click.ClickException(str(exc)) from None
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

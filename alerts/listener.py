@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import psycopg
 
 from alerts.sinks import DeliveryError, Sink
-from alerts.sources import AlertViewMissing, Batch, connect, detect_engine, make_reader
+from alerts.sources import AlertViewMissing, Batch, SinkBusy, connect, detect_engine, make_reader
 
 log = logging.getLogger("alerts")
 
@@ -116,6 +116,11 @@ class SinkWorker(threading.Thread):
                 self.listener.episodes.fault(f"missing:{self.sink.name}", str(exc))
                 stop.wait(2.0)
                 continue
+            except SinkBusy as exc:  # after a reconnect another listener took the sink: stand by
+                self.listener.episodes.fault(f"busy:{self.sink.name}", str(exc))
+                stop.wait(1.0)
+                continue
+            self.listener.episodes.clear(f"busy:{self.sink.name}", f"sink {self.sink.name} taken over")
             if batch is None:
                 self._note_caught_up()
                 continue
@@ -256,8 +261,14 @@ class Listener:
     def open(self) -> list[str]:
         """Check the engine and register every sink (raises AlertViewMissing); returns warnings."""
         warnings: list[str] = []
+        try:
+            for worker in self.workers:
+                worker.reader.open()
+        except BaseException:
+            for worker in self.workers:
+                worker.reader.close()
+            raise
         for worker in self.workers:
-            worker.reader.open()
             if worker.reader.created:
                 start = "now" if self.from_now else "the start of the change log"
                 log.info("new sink %s: delivering from %s (position %s)", worker.sink.name, start,

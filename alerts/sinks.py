@@ -99,6 +99,8 @@ class FileSink(Sink):
 
     def deliver(self, alerts: Sequence[Alert]) -> None:
         try:
+            if self._file is not None and self._rotated():
+                self.close()
             if self._file is None:
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
             self._file.write("".join(alert.line + "\n" for alert in alerts))
@@ -108,6 +110,13 @@ class FileSink(Sink):
         except OSError as exc:
             self.close()
             raise DeliveryError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def _rotated(self) -> bool:
+        """Whether the path now names another file (moved or removed by log rotation)."""
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except OSError:
+            return True
 
     def close(self) -> None:
         if self._file is not None:

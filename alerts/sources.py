@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +25,10 @@ SUBSCRIPTION = "fraud.flagged_transactions_alerts"
 
 class AlertViewMissing(Exception):
     """The engine has no alert view or change log yet."""
+
+
+class SinkBusy(Exception):
+    """Another listener serves this sink (holds its lock); this one waits as a standby."""
 
 
 @dataclass
@@ -174,7 +179,15 @@ class PostgresReader:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.dsn)
+            conn = connect(self.dsn)
+            # one listener per sink: a second one would deliver everything twice
+            locked = conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                  (f"sentinel_alerts.sink:{self.sink}",)).fetchone()[0]
+            if not locked:
+                conn.close()
+                raise SinkBusy(f"sink {self.sink} is served by another listener "
+                               "(pg_stat_activity: application_name = 'sentinel-alerts')")
+            self._conn = conn
             if not self._registered:
                 check_postgres(self._conn)
                 self.position, self.delivered, self.created = register_postgres(
@@ -182,9 +195,20 @@ class PostgresReader:
                 self._registered = True
         return self._conn
 
-    def open(self) -> None:
-        """Connect, check the schema and register the sink (raises on failure)."""
-        self._connection()
+    def open(self, *, busy_wait: float = 5.0) -> None:
+        """Connect, take the sink's lock, check the schema and register the sink (raises on failure).
+
+        The lock is waited for a few seconds: the server may not yet have noticed that the previous
+        listener of this sink was killed."""
+        deadline = time.monotonic() + busy_wait
+        while True:
+            try:
+                self._connection()
+                return
+            except SinkBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def _gap_is_final(self, conn: psycopg.Connection, snapshot: str, low: int, high: int) -> bool:
         running = conn.execute(_STILL_RUNNING, (snapshot,)).fetchone()[0]

@@ -18,6 +18,7 @@ import pytest
 
 from alerts.listener import Listener
 from alerts.sinks import FileSink, StdoutSink, WebhookSink, parse_sink
+from alerts.sources import SinkBusy
 from fixtures.alerts import (
     SmtpServer,
     WebhookServer,
@@ -317,3 +318,36 @@ def test_webhook_slack_body(tmp_path):
         WebhookSink(hook.url, timeout=2, body="slack").deliver([alert])
         assert hook.received == [{"text": "[critical] impossible_travel: card c9, txn t9, amount 120.50 — "
                                           "8,412 km in 12 min = 42,060 km/h"}]
+
+
+def test_one_listener_per_sink_and_standby_takes_over(alerts_db, tmp_path):
+    path = tmp_path / "one.ndjson"
+    first = run_listener(alerts_db.dsn, [FileSink(str(path), name="shared")])
+    try:
+        second = Listener(alerts_db.dsn, [FileSink(str(path), name="shared")])
+        with pytest.raises(SinkBusy, match="served by another listener"):
+            second.open()
+        insert_flagged(alerts_db.dsn, 0, 5)
+        assert wait_until(lambda: len(read_ndjson(path)) == 5)
+    finally:
+        first.stop()
+    second = run_listener(alerts_db.dsn, [FileSink(str(path), name="shared")])
+    try:
+        insert_flagged(alerts_db.dsn, 5, 5)
+        assert wait_until(lambda: len(read_ndjson(path)) == 10)
+    finally:
+        second.stop()
+    assert len({a["alert_id"] for a in read_ndjson(path)}) == 10
+
+
+def test_file_sink_follows_log_rotation(tmp_path):
+    from alerts.model import make_alert
+
+    path = tmp_path / "rot.ndjson"
+    sink = FileSink(str(path))
+    alert = make_alert(seq=1, op="+", row={"txn_id": "t", "rule": "r"}, flagged_at=None)
+    sink.deliver([alert])
+    path.rename(tmp_path / "rot.ndjson.1")
+    sink.deliver([alert, alert])
+    sink.close()
+    assert len(read_ndjson(path)) == 2 and len(read_ndjson(tmp_path / "rot.ndjson.1")) == 1
