@@ -413,15 +413,18 @@ class RisingWaveReader:
 # Materialize: SUBSCRIBE ... WITH (PROGRESS) AS OF (compiled here, executed only against Materialize)
 # --------------------------------------------------------------------------------------------
 
-def mz_subscribe_statement(cursor: str, relation: str, as_of: int | None) -> sql.Composed:
+def mz_subscribe_statement(cursor: str, relation: str, as_of: int | None, *,
+                           snapshot: bool = True) -> sql.Composed:
     """DECLARE a SUBSCRIBE cursor resuming after `as_of` (every update at or before it was delivered).
 
     AS OF t with SNAPSHOT = false emits only updates later than t; it needs the view's retained
-    history to reach back to t (the dbt post-hook sets RETAIN HISTORY)."""
+    history to reach back to t (the dbt post-hook sets RETAIN HISTORY). Without a position, a new
+    sink starts with the current rows (snapshot) or, from now, without them."""
     target = sql.SQL(".").join(sql.Identifier(p) for p in relation.split("."))
     if as_of is None:
-        return sql.SQL("declare {} cursor for subscribe {} with (progress)").format(
-            sql.Identifier(cursor), target)
+        options = sql.SQL("progress") if snapshot else sql.SQL("progress, snapshot = false")
+        return sql.SQL("declare {} cursor for subscribe {} with ({})").format(
+            sql.Identifier(cursor), target, options)
     return sql.SQL("declare {} cursor for subscribe {} with (progress, snapshot = false) as of {}").format(
         sql.Identifier(cursor), target, sql.Literal(int(as_of)))
 
@@ -452,6 +455,12 @@ def decode_mz_rows(columns: list[str], rows: Iterable[tuple[Any, ...]]
     return updates, frontier
 
 
+def split_at_frontier(updates: list[tuple[int, str, dict[str, Any]]], frontier: int
+                      ) -> tuple[list[tuple[int, str, dict[str, Any]]], list[tuple[int, str, dict[str, Any]]]]:
+    """(updates before the progress frontier: complete, deliverable; the rest: wait for more)."""
+    return [u for u in updates if u[0] < frontier], [u for u in updates if u[0] >= frontier]
+
+
 class MaterializeReader:
     """One sink's SUBSCRIBE to the alert view; the position is a complete mz_timestamp frontier."""
 
@@ -465,7 +474,6 @@ class MaterializeReader:
         self.created = False
         self._conn: psycopg.Connection | None = None
         self._pending: list[tuple[int, str, dict[str, Any]]] = []
-        self._skip_snapshot = False
 
     def open(self) -> None:
         conn = psycopg.connect(self.dsn, connect_timeout=5, application_name="sentinel-alerts")
@@ -475,9 +483,8 @@ class MaterializeReader:
         conn.commit()
         self.position = int(row[0]) if row and row[0] is not None else None
         self.created = self.position is None
-        # a new sink from now: a fresh SUBSCRIBE whose first (snapshot) updates are skipped
-        self._skip_snapshot = self.created and self.from_now
-        conn.execute(mz_subscribe_statement(self.cursor, self.relation, self.position))
+        conn.execute(mz_subscribe_statement(self.cursor, self.relation, self.position,
+                                            snapshot=not (self.created and self.from_now)))
         self._conn = conn
 
     def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
@@ -489,10 +496,7 @@ class MaterializeReader:
         self._pending.extend(updates)
         if frontier is None:
             return None
-        complete = [u for u in self._pending if u[0] < frontier]
-        self._pending = [u for u in self._pending if u[0] >= frontier]
-        if self._skip_snapshot:
-            complete, self._skip_snapshot = [], False
+        complete, self._pending = split_at_frontier(self._pending, frontier)
         alerts = [make_alert(seq=ts, op=op, row=values,
                              flagged_at=datetime.fromtimestamp(ts / 1000, tz=timezone.utc))
                   for ts, op, values in complete]

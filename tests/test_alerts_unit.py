@@ -23,6 +23,7 @@ from alerts.sources import (
     mz_subscribe_statement,
     rw_declare_statement,
     rw_fetch_statement,
+    split_at_frontier,
 )
 
 ROW = {"txn_id": "t1", "rule": "velocity", "card_id": "c1", "risk_level": "high", "reason": "5 transactions in 60 s",
@@ -189,6 +190,8 @@ def test_mz_statements():
     assert mz_subscribe_statement("c", "fraud.flagged_transactions", 1700000000999).as_string(None) == (
         'declare "c" cursor for subscribe "fraud"."flagged_transactions" '
         "with (progress, snapshot = false) as of 1700000000999")
+    assert mz_subscribe_statement("c", "v", None, snapshot=False).as_string(None) == (
+        'declare "c" cursor for subscribe "v" with (progress, snapshot = false)')
     assert mz_fetch_statement("c", 0.5).as_string(None) == "fetch all \"c\" with (timeout = '0.500s')"
 
 
@@ -206,3 +209,11 @@ def test_mz_rows_decoding_and_frontier():
     assert [(ts, op, row["txn_id"]) for ts, op, row in updates] == [
         (100, "+", "t1"), (100, "+", "t2"), (100, "+", "t2"), (101, "-", "t1")]
     assert decode_mz_rows(columns, [])[1] is None
+
+
+def test_mz_delivers_only_timestamps_closed_by_progress():
+    pending = [(100, "+", {"txn_id": "a"}), (101, "-", {"txn_id": "a"}), (105, "+", {"txn_id": "b"})]
+    complete, rest = split_at_frontier(pending, 105)
+    assert [u[0] for u in complete] == [100, 101] and [u[0] for u in rest] == [105]
+    # the position stored is frontier - 1: resuming AS OF it (snapshot false) starts at 105
+    assert mz_subscribe_statement("c", "v", 105 - 1).as_string(None).endswith("as of 104")
