@@ -41,7 +41,7 @@ class ViewSink(Sink):
 
 
 def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: int | None,
-             alerts_file: Path | None, ui: bool) -> DemoState:
+             alerts_file: Path | None, ui: bool, fraud_share: float) -> DemoState:
     """Bring the stack up, stream at `rate`, deliver alerts to a file and the view, until Ctrl-C."""
     from alerts.listener import Listener
     from alerts.sinks import FileSink
@@ -64,7 +64,9 @@ def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: i
     listener.start()
     # A new seed per run: ids never collide with an earlier run's, so a rerun continues the stream.
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-    rows = generate(GeneratorConfig(seed=seed, rate=rate))
+    from loader.cli import _parse_shares
+
+    rows = generate(GeneratorConfig(seed=seed, rate=rate, shares=_parse_shares((), fraud_share)))
     writer = Writer(stack.loader_dsn, batch_rows=max(100, int(rate)), batch_ms=50)
     last_line = time.monotonic()
 
@@ -103,10 +105,12 @@ def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: i
 @click.option("--seed", type=int, help="Generator seed (default: a new one per run).")
 @click.option("--alerts-file", type=click.Path(dir_okay=False, path_type=Path),
               help="NDJSON alert file [default: $SENTINEL_HOME/alerts.ndjson].")
+@click.option("--fraud-share", type=click.FloatRange(0, 0.5), default=0.03, show_default=True,
+              help="Share of events that start an injected fraud scenario (higher than real life, to see alerts).")
 @click.option("--ui/--no-ui", default=None, help="Live terminal view (default: when on a terminal).")
 @click.pass_obj
 def demo(settings: Settings, rate: float, duration: float | None, seed: int | None, alerts_file: Path | None,
-         ui: bool | None) -> None:
+         ui: bool | None, fraud_share: float) -> None:
     """Run everything live: engine, models, synthetic stream, alerts, and a terminal view."""
     run_demo(settings, rate=rate, duration=duration, seed=seed, alerts_file=alerts_file,
-             ui=is_interactive() if ui is None else ui)
+             ui=is_interactive() if ui is None else ui, fraud_share=fraud_share)
