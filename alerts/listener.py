@@ -120,6 +120,14 @@ class SinkWorker(threading.Thread):
                 self.listener.episodes.fault(f"busy:{self.sink.name}", str(exc))
                 stop.wait(1.0)
                 continue
+            except Exception as exc:  # e.g. a change-log row that does not decode: keep the others going
+                self.reader.reset()
+                self.listener.episodes.fault(f"read:{self.sink.name}", f"sink {self.sink.name} cannot read "
+                                             f"the change log ({type(exc).__name__}: {_one_line(exc)})")
+                db_attempt += 1
+                stop.wait(backoff_delay(db_attempt, base=0.5, cap=30.0))
+                continue
+            self.listener.episodes.clear(f"read:{self.sink.name}", f"sink {self.sink.name} reading again")
             self.listener.episodes.clear(f"busy:{self.sink.name}", f"sink {self.sink.name} taken over")
             if batch is None:
                 self._note_caught_up()
@@ -218,8 +226,10 @@ class Notifier(threading.Thread):
                         for notify in conn.notifies(timeout=0.5, stop_after=1):
                             self.listener.note_head(notify.payload)
                             self.listener.wake_all()
-            except psycopg.Error as exc:
-                self.listener.episodes.fault("database", _db_problem(exc))
+            except Exception as exc:  # noqa: BLE001 - workers poll without us; keep trying to listen
+                message = _db_problem(exc) if isinstance(exc, psycopg.Error) else (
+                    f"cannot listen for alerts ({type(exc).__name__}: {_one_line(exc)})")
+                self.listener.episodes.fault("database", message)
                 attempt += 1
                 stop.wait(backoff_delay(attempt, base=0.1, cap=5.0))
 

@@ -40,9 +40,9 @@ def _json_default(value: Any) -> Any:
 
 
 def make_alert(*, seq: int, op: str, row: dict[str, Any], flagged_at: datetime | None,
-               xact: str | None = None) -> Alert:
+               xact: str | None = None, alert_id: str | None = None) -> Alert:
     """Build the alert for a change of one flagged row (its columns in `row`)."""
-    alert_id = f"{row['txn_id']}:{row['rule']}"
+    alert_id = alert_id or f"{row.get('txn_id')}:{row.get('rule')}"
     data: dict[str, Any] = {
         "alert_id": alert_id,
         "op": op,

@@ -125,6 +125,7 @@ _READ = """
         c.payload::text,
         c.logged_at,
         c.xact_id::text,
+        c.alert_id,
         (select max(seq) from sentinel_alerts.change_log) as head,
         (select pg_current_snapshot()::text) as snapshot
     from sentinel_alerts.change_log as c
@@ -234,7 +235,7 @@ class PostgresReader:
         usable = contiguous_prefix(seqs, self.position)
         while usable < len(rows):
             low = self.position + 1 if usable == 0 else seqs[usable - 1] + 1
-            if not self._gap_is_final(conn, rows[0][6], low, seqs[usable]):
+            if not self._gap_is_final(conn, rows[0][7], low, seqs[usable]):
                 break
             usable += 1 + contiguous_prefix(seqs[usable + 1:], seqs[usable])
         self.gap_waiting = usable < len(rows)
@@ -243,11 +244,11 @@ class PostgresReader:
             return None
         rows = rows[:usable]
         alerts = [
-            make_alert(seq=seq, op=op, row=_loads(payload), flagged_at=logged_at, xact=xact)
-            for seq, op, payload, logged_at, xact, _head, _snapshot in rows
+            make_alert(seq=seq, op=op, row=_loads(payload), flagged_at=logged_at, xact=xact, alert_id=alert_id)
+            for seq, op, payload, logged_at, xact, alert_id, _head, _snapshot in rows
         ]
         return Batch(alerts=compact(alerts), position=rows[-1][0], read=len(rows),
-                     head=rows[0][5], oldest_at=rows[0][3])
+                     head=rows[0][6], oldest_at=rows[0][3])
 
     def ack(self, batch: Batch) -> None:
         """Store the sink's position after its batch was delivered."""
