@@ -188,12 +188,17 @@ class PostgresReader:
                 conn.close()
                 raise SinkBusy(f"sink {self.sink} is served by another listener "
                                "(pg_stat_activity: application_name = 'sentinel-alerts')")
-            self._conn = conn
             if not self._registered:
-                check_postgres(self._conn)
+                check_postgres(conn)
                 self.position, self.delivered, self.created = register_postgres(
-                    self._conn, self.sink, self.kind, from_now=self.from_now)
+                    conn, self.sink, self.kind, from_now=self.from_now)
                 self._registered = True
+            # Positions are then committed without waiting for their WAL flush, so the next batch is
+            # not held up by an fsync: a killed listener loses nothing (the commit is visible at
+            # once); a database crash may roll a position back by < 1 s, re-delivering those alerts
+            # (same alert_ids). The registration above stays synchronous.
+            conn.execute("set synchronous_commit = off")
+            self._conn = conn
         return self._conn
 
     def open(self, *, busy_wait: float = 5.0) -> None:
@@ -254,9 +259,13 @@ class PostgresReader:
         """Store the sink's position after its batch was delivered."""
         conn = self._connection()
         conn.execute(
-            "update sentinel_alerts.sink_positions "
-            "set position = %s, delivered = delivered + %s, updated_at = now() where sink = %s",
-            (batch.position, len(batch.alerts), self.sink),
+            """
+            insert into sentinel_alerts.sink_positions as p (sink, kind, position, delivered)
+            values (%(sink)s, %(kind)s, %(position)s, %(n)s)
+            on conflict (sink) do update
+                set position = excluded.position, delivered = p.delivered + %(n)s, updated_at = now()
+            """,
+            {"sink": self.sink, "kind": self.kind, "position": batch.position, "n": len(batch.alerts)},
         )
         self.position = batch.position
         self.delivered += len(batch.alerts)
