@@ -1,1 +1,1 @@
-"""alerts."""
+"""The alert listener: change log readers (PostgreSQL, RisingWave, Materialize) and sinks."""
