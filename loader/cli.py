@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -197,6 +199,10 @@ def load(
     if count is not None and source is not None:
         rows = _take(rows, count)
 
+    # `docker stop` / systemd send SIGTERM: flush and exit like Ctrl-C rather than drop the buffer.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
     handler = _ConsoleLog()
     logger = logging.getLogger("sentinel.loader")
     logger.addHandler(handler)
@@ -246,6 +252,10 @@ def load(
             console.print(f"rejected rows: {rejects_sink.path}", markup=False)
     if summary.interrupted:
         sys.exit(130)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _chain(first, rest):

@@ -54,7 +54,18 @@ class LoadSummary:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports KiB)."""
+    """This process's peak resident memory in MB.
+
+    VmHWM from /proc where available: getrusage's ru_maxrss also carries the parent's peak
+    across fork + exec, which would blame the loader for its caller's memory.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -4,13 +4,16 @@ A batch leaves after `batch_rows` rows or `batch_ms` milliseconds, whichever com
 latency stays bounded at low rates and throughput stays high at high rates. A background thread
 sends batches while the caller keeps producing rows (at most two batches wait, so memory stays flat).
 
-On PostgreSQL a batch is `COPY`ed into a session temp table and moved with
-`insert ... on conflict do nothing` in one transaction: a re-sent txn_id is ignored and counted
-as a duplicate, never an error. (No conflict target: naming `(txn_id)` would need SELECT on the
-column, which the insert-only loader role does not have; txn_id is the table's only unique key.) When the connection is lost the batch is re-sent on a new
-connection with backoff; if the lost attempt had in fact committed, the re-send inserts nothing,
-so rows are neither lost nor duplicated (such rows are counted under `duplicates`, and `resent`
-says how many rows were re-sent at all).
+On PostgreSQL a batch is first `COPY`ed straight into the table, as fast as a raw COPY. If that
+meets a txn_id the table already has, the batch is redone by `COPY` into a session temp table and
+`insert ... select ... on conflict do nothing`, in one transaction, and later batches take that
+path until one comes through without duplicates: a re-sent txn_id is ignored and counted as a
+duplicate, never an error. (No conflict target: naming `(txn_id)` would need SELECT on the
+column, which the insert-only loader role does not have; txn_id is the table's only unique key.)
+When the connection is lost the batch is re-sent, through the temp table, on a new connection with
+backoff; if the lost attempt had in fact committed, the re-send inserts nothing, so rows are
+neither lost nor duplicated (such rows are counted under `duplicates`, and `resent` says how many
+rows were re-sent at all).
 
 RisingWave has no `COPY FROM STDIN` (only `COPY ... TO STDOUT`), so batches go as multi-row
 `INSERT`; there, a re-sent primary key overwrites the row unless the table was created with
@@ -260,7 +263,7 @@ class Writer:
 
     def write(self, row: tuple) -> None:
         """Queue one row; a full batch is handed to the sender (blocks if two batches wait)."""
-        if self._error is not None:
+        if self._error is not None or self._closed:
             self._raise()
         with self._lock:
             if not self._buf:
@@ -281,7 +284,7 @@ class Writer:
 
     def write_many(self, rows: Sequence[tuple]) -> None:
         """Queue many rows at once (one lock round-trip); same batching as `write`."""
-        if self._error is not None:
+        if self._error is not None or self._closed:
             self._raise()
         batches = []
         with self._lock:
@@ -352,6 +355,8 @@ class Writer:
 
     def _raise(self) -> None:
         err = self._error
+        if err is None:
+            raise WriterError("the writer is closed")
         if isinstance(err, WriterError):
             raise WriterError(str(err))
         raise WriterError(_one_line(err)) from err

@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from loader.generator import GeneratorConfig, generate
 from loader.writer import Writer
@@ -38,6 +39,18 @@ def _wait_for_rows(dsn: str, at_least: int, timeout: float = 30.0) -> int:
                 return n
             time.sleep(0.05)
     raise AssertionError(f"fewer than {at_least} rows after {timeout} s")
+
+
+def _wait_for_loader_connection(dsn: str, timeout: float = 60.0) -> None:
+    """Until the loader process has connected (its signal handling is in place by then)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("select count(*) from pg_stat_activity where application_name = 'sentinel-loader' "
+                            "and datname = current_database()").fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the loader did not connect")
 
 
 def test_resent_rows_are_ignored_and_counted_as_duplicates(db) -> None:
@@ -115,12 +128,14 @@ def test_killed_half_way_and_rerun_leaves_exactly_one_copy(db) -> None:
     assert _ids(db.dsn) == expected
 
 
-def test_ctrl_c_flushes_what_was_read_and_exits_cleanly(db) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_flushes_what_was_read_and_exits_cleanly(db, signum: int) -> None:
     proc = subprocess.Popen(_load_cmd(db, "--seed", "5", "--rate", "2000", "--batch-ms", "60000", "--json"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.5)  # the batch timer (60 s) has not fired, so rows sit in the buffer
-        proc.send_signal(signal.SIGINT)
+        _wait_for_loader_connection(db.dsn)
+        time.sleep(1.5)  # the batch timer (60 s) has not fired, so rows sit in the buffer
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
