@@ -18,19 +18,19 @@
 {%- endmacro %}
 
 {% macro postgres__sentinel_alert_changelog(relation) -%}
-    select sentinel_alerts.install_changelog('{{ relation }}'::regclass)
+    select sentinel_alerts.install_changelog('{{ relation.include(database=false) }}'::regclass)
 {%- endmacro %}
 
-{#- The subscription keeps `alert_retention` of changes: a listener that is down longer than that
-    resumes from the oldest retained change (and says so). -#}
+{#- The subscription keeps `alert_retention` of changes (RisingWave's documented form, e.g. '1D'):
+    a listener down longer than that cannot resume its sinks' positions. -#}
 {% macro risingwave__sentinel_alert_changelog(relation) -%}
     create subscription if not exists {{ sentinel_alert_subscription_name(relation) }}
         from {{ relation }}
-        with (retention = '{{ var("alert_retention", "7d") }}')
+        with (retention = '{{ var("alert_retention", "7D") }}')
 {%- endmacro %}
 
 {#- SUBSCRIBE ... AS OF t needs history back to t; without it a restarted listener could only
-    start from a fresh snapshot. -#}
+    start from a fresh snapshot. RETAIN HISTORY is a private-preview feature of Materialize. -#}
 {% macro materialize__sentinel_alert_changelog(relation) -%}
     alter materialized view {{ relation }}
         set (retain history = for '{{ var("alert_retention", "7d") }}')
