@@ -351,3 +351,23 @@ def test_file_sink_follows_log_rotation(tmp_path):
     sink.deliver([alert, alert])
     sink.close()
     assert len(read_ndjson(path)) == 2 and len(read_ndjson(tmp_path / "rot.ndjson.1")) == 1
+
+
+def test_run_until_stop_event_reports_stats(alerts_db, tmp_path):
+    path = tmp_path / "run.ndjson"
+    stop = threading.Event()
+    reports: list[list] = []
+    listener = Listener(alerts_db.dsn, [FileSink(str(path))], poll_interval=0.5)
+    thread = threading.Thread(target=listener.run, args=(stop,),
+                              kwargs={"on_stats": reports.append, "stats_interval": 0.2})
+    thread.start()
+    try:
+        ids = insert_flagged(alerts_db.dsn, 0, 12)
+        assert wait_until(lambda: len(read_ndjson(path)) == 12)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [a["alert_id"] for a in read_ndjson(path)] == ids
+    final = reports[-1][0]
+    assert (final.delivered, final.lag_seq, final.retries, final.failing) == (12, 0, 0, None)
