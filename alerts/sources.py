@@ -371,13 +371,20 @@ class RisingWaveReader:
 
     def open(self) -> None:
         conn = connect(self.dsn)
-        row = conn.execute("select position from sentinel_alerts.sink_positions where sink = %s",
-                           (self.sink,)).fetchone()
-        self.created = row is None
-        self.resume = RwResume(since_ms=int(row[0]) if row else None)
-        self.position = self.resume.since_ms
-        conn.execute(rw_declare_statement(self.cursor, self.subscription, self.resume.since_ms,
-                                          from_now=self.from_now))
+        try:
+            row = conn.execute("select position from sentinel_alerts.sink_positions where sink = %s",
+                               (self.sink,)).fetchone()
+            self.created = row is None
+            self.resume = RwResume(since_ms=int(row[0]) if row else None)
+            self.position = self.resume.since_ms
+            conn.execute(rw_declare_statement(self.cursor, self.subscription, self.resume.since_ms,
+                                              from_now=self.from_now))
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject, psycopg.errors.InvalidSchemaName,
+                psycopg.errors.InternalError_) as exc:
+            conn.close()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise AlertViewMissing(f"the alert subscription {self.subscription} or sentinel_alerts.sink_positions "
+                                   f"is missing ({first}): run `sentinel up` first") from None
         self._conn = conn
 
     def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
@@ -487,14 +494,20 @@ class MaterializeReader:
 
     def open(self) -> None:
         conn = psycopg.connect(self.dsn, connect_timeout=5, application_name="sentinel-alerts")
-        conn.autocommit = False
-        row = conn.execute("select max(position) from sentinel_alerts.sink_positions where sink = %s",
-                           (self.sink,)).fetchone()
-        conn.commit()
-        self.position = int(row[0]) if row and row[0] is not None else None
-        self.created = self.position is None
-        conn.execute(mz_subscribe_statement(self.cursor, self.relation, self.position,
-                                            snapshot=not (self.created and self.from_now)))
+        try:
+            row = conn.execute("select max(position) from sentinel_alerts.sink_positions where sink = %s",
+                               (self.sink,)).fetchone()
+            conn.commit()
+            self.position = int(row[0]) if row and row[0] is not None else None
+            self.created = self.position is None
+            conn.execute(mz_subscribe_statement(self.cursor, self.relation, self.position,
+                                                snapshot=not (self.created and self.from_now)))
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject, psycopg.errors.InvalidSchemaName,
+                psycopg.errors.InternalError_) as exc:
+            conn.close()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise AlertViewMissing(f"the alert view {self.relation} or sentinel_alerts.sink_positions "
+                                   f"is missing ({first}): run `sentinel up` first") from None
         self._conn = conn
 
     def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
@@ -514,11 +527,15 @@ class MaterializeReader:
                      oldest_at=alerts[0].logged_at if alerts else None)
 
     def ack(self, batch: Batch) -> None:
-        # a separate connection: the SUBSCRIBE transaction stays open on the reading one
-        with psycopg.connect(self.dsn, connect_timeout=5) as conn:
-            conn.execute("delete from sentinel_alerts.sink_positions where sink = %s", (self.sink,))
-            conn.execute("insert into sentinel_alerts.sink_positions (sink, position) values (%s, %s)",
-                         (self.sink, batch.position))
+        # a separate connection: the SUBSCRIBE transaction stays open on the reading one. Tables
+        # have no keys on Materialize: update the sink's row, insert it the first time.
+        with psycopg.connect(self.dsn, connect_timeout=5, autocommit=True) as conn:
+            updated = conn.execute(
+                "update sentinel_alerts.sink_positions set position = %s, updated_at = now() where sink = %s",
+                (batch.position, self.sink)).rowcount
+            if not updated:
+                conn.execute("insert into sentinel_alerts.sink_positions (sink, position) values (%s, %s)",
+                             (self.sink, batch.position))
         self.position = batch.position
         self.delivered += len(batch.alerts)
 
