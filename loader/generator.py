@@ -18,6 +18,7 @@ import heapq
 import math
 import random
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -195,6 +196,13 @@ class World:
         self.all_country = [self.city_country[k // MERCHANTS_PER_CITY] for k in range(self.n_physical)] + self.ecom_country
         self.all_lat = self.merchant_lat + [None] * ECOM_MERCHANTS
         self.all_lon = self.merchant_lon + [None] * ECOM_MERCHANTS
+        # The same merchant fields as COPY text, for rows the generator formats itself.
+        self.all_copy_head = [f"{i}\t{c}" for i, c in zip(self.all_id, self.all_cat)]
+        null = "\\N"
+        self.all_copy_place = [
+            f"{ch}\t{cc}\t{null if la is None else la}\t{null if lo is None else lo}"
+            for ch, cc, la, lo in zip(self.all_channel, self.all_country, self.all_lat, self.all_lon)
+        ]
         cat_names = sorted(CATEGORY_PARAMS)
         cat_index = {c: k for k, c in enumerate(cat_names)}
         self.cat_median = np.array([CATEGORY_PARAMS[c][0] for c in cat_names] + [0.0])
@@ -380,8 +388,12 @@ class Generator:
             w.merchant_lat[m], w.merchant_lon[m], **labels,
         )
 
-    def _make_normal(self):
-        """The hot path, as a closure over locals: one legitimate transaction at t from chunk index i."""
+    def _make_normal(self, with_lines: bool):
+        """The hot path, as a closure over locals: one legitimate transaction at t from chunk index i.
+
+        With `with_lines` it also leaves the row's COPY text line in `self._line` (what
+        `loader.writer.format_copy_text` would make of the row, built from pre-formatted parts).
+        """
         w = self.world
         busy_until = self.busy_until
         used = self._used
@@ -396,6 +408,9 @@ class Generator:
         fromtimestamp = datetime.fromtimestamp
         utc = _UTC
         per_city = MERCHANTS_PER_CITY
+        copy_head, copy_place = w.all_copy_head, w.all_copy_place
+        seconds: dict[int, str] = {}
+        strftime, gmtime = time.strftime, time.gmtime
 
         def normal(t: float, i: int) -> tuple:
             card = self._card[i]
@@ -410,20 +425,38 @@ class Generator:
                     m = int(card_city[card]) * per_city + (m % per_city)
             used.append(card)
             self.seq += 1
+            txn = f"{txn_prefix}{self.seq:010d}"
+            card_s = f"{card_prefix}{card:08d}"
+            customer = f"cu-{card * 4 // 5:08d}"
+            amount = self._amount[i]
+            device = f"dev-{((card * 0x9E3779B1) ^ salt) & 0xFFFFFFFFFF:010x}"
+            when = fromtimestamp(t, utc)
+            if with_lines:
+                us = when.microsecond
+                second = int(t)
+                if us == 0 and t - second > 0.5:  # rounded up to the next second
+                    second += 1
+                base = seconds.get(second)
+                if base is None:
+                    if len(seconds) > 4096:
+                        seconds.clear()
+                    base = seconds[second] = strftime("%Y-%m-%d %H:%M:%S", gmtime(second))
+                self._line = (f"{txn}\t{card_s}\t{customer}\t{copy_head[m]}\t{amount}\tUSD\t"
+                              f"{copy_place[m]}\t{device}\t{base}.{us:06d}+00\tf\t\\N")
             return (
-                f"{txn_prefix}{self.seq:010d}",
-                f"{card_prefix}{card:08d}",
-                f"cu-{card * 4 // 5:08d}",
+                txn,
+                card_s,
+                customer,
                 all_id[m],
                 all_cat[m],
-                Decimal(self._amount[i]),
+                Decimal(amount),
                 "USD",
                 all_channel[m],
                 all_country[m],
                 all_lat[m],
                 all_lon[m],
-                f"dev-{((card * 0x9E3779B1) ^ salt) & 0xFFFFFFFFFF:010x}",
-                fromtimestamp(t, utc),
+                device,
+                when,
                 False,
                 None,
             )
@@ -613,6 +646,11 @@ class Generator:
     # -- the stream -------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[tuple]:
+        for row, _line in self.stream():
+            yield row
+
+    def stream(self, *, with_lines: bool = False) -> Iterator[tuple[tuple, str | None]]:
+        """(row, COPY text line or None) pairs; lines only for normal rows, when asked."""
         cfg = self.config
         count = cfg.count
         paced = cfg.paced
@@ -623,7 +661,8 @@ class Generator:
         names = self.scenario_names
         cum = self.scenario_cum
         p_ep = self.p_episode
-        normal = self._make_normal()
+        normal = self._make_normal(with_lines)
+        self._line = None
         emitted = 0
         i = CHUNK
         u_ep = u_late = times = None
@@ -639,7 +678,7 @@ class Generator:
             self.clock = t
             if heap and heap[0][0] <= t:
                 i += 1
-                yield heapq.heappop(heap)[2]
+                yield heapq.heappop(heap)[2], None
                 emitted += 1
                 continue
             u = u_ep[i]
@@ -649,7 +688,7 @@ class Generator:
                     k += 1
                 if self._episode(names[k], t) and heap[0][0] <= t:
                     i += 1
-                    yield heapq.heappop(heap)[2]
+                    yield heapq.heappop(heap)[2], None
                     emitted += 1
                     continue
             row = normal(t, i)
@@ -660,11 +699,17 @@ class Generator:
                 if paced:
                     self.clock -= step  # pacing counts delivered rows, not drawn ones
                 continue
-            yield row
+            yield row, self._line
             emitted += 1
 
 
 def generate(config: GeneratorConfig, *, wall_start: float | None = None) -> Iterator[tuple]:
     """Rows in `loader.schema.COLUMNS` order; the same config (seed) gives the same stream."""
     return iter(Generator(config, wall_start=wall_start))
+
+
+def generate_with_lines(config: GeneratorConfig, *, wall_start: float | None = None) -> Iterator[tuple[tuple, str | None]]:
+    """(row, COPY text line or None): the same rows as `generate`, most already formatted for
+    `Writer.write_many(rows, lines)`, which saves the loader formatting them again."""
+    return Generator(config, wall_start=wall_start).stream(with_lines=True)
 

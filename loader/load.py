@@ -80,11 +80,13 @@ def load(
     progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 0.25,
     close_writer: bool = True,
+    with_lines: bool = False,
 ) -> LoadSummary:
     """Send `rows` through `writer`, at `rate` rows/s or `speedup`× their own event times.
 
     Ctrl-C (KeyboardInterrupt) stops reading, flushes what was read, and returns a summary
-    marked `interrupted`; nothing read is lost.
+    marked `interrupted`; nothing read is lost. With `with_lines`, `rows` yields (row, COPY line
+    or None) pairs, as `loader.generator.generate_with_lines` does.
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0")
@@ -102,9 +104,10 @@ def load(
     write = writer.write
     try:
         if rate is None and speedup is None:
-            read = _unpaced(rows, writer, deadline, progress, progress_every_s, rejects, start)
+            read = _unpaced(rows, writer, deadline, progress, progress_every_s, rejects, start, with_lines)
             rows = ()
-        for row in rows:
+        for item in rows:
+            row, line = item if with_lines else (item, None)
             now = monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -124,7 +127,7 @@ def load(
                 else:
                     lag = now - target
                     summary.max_lag_s = max(summary.max_lag_s, lag)
-            write(row)
+            write(row, line)
             read += 1
             if progress is not None and now >= next_report:
                 next_report = now + progress_every_s
@@ -167,20 +170,28 @@ class _Interrupted(Exception):
         self.read = read
 
 
-def _unpaced(rows, writer: Writer, deadline, progress, every: float, rejects, start: float) -> int:
+def _unpaced(rows, writer: Writer, deadline, progress, every: float, rejects, start: float,
+             with_lines: bool) -> int:
     """As fast as possible: rows go to the writer in slices of 256 (one lock round-trip each)."""
     read = 0
     chunk: list[tuple] = []
+    lines: list[str | None] | None = [] if with_lines else None
     append = chunk.append
     monotonic = time.monotonic
     next_report = start + every
     try:
-        for row in rows:
-            append(row)
+        for item in rows:
+            if lines is not None:
+                append(item[0])
+                lines.append(item[1])
+            else:
+                append(item)
             if len(chunk) >= 256:
-                writer.write_many(chunk)
+                writer.write_many(chunk, lines)
                 read += len(chunk)
                 chunk.clear()
+                if lines is not None:
+                    lines.clear()
                 now = monotonic()
                 if deadline is not None and now >= deadline:
                     break
@@ -189,11 +200,11 @@ def _unpaced(rows, writer: Writer, deadline, progress, every: float, rejects, st
                     progress(_snapshot(read, writer, rejects, start, now, 0.0))
     except KeyboardInterrupt:
         if chunk:
-            writer.write_many(chunk)
+            writer.write_many(chunk, lines if lines is not None and len(lines) == len(chunk) else None)
             read += len(chunk)
         raise _Interrupted(read) from None
     if chunk:
-        writer.write_many(chunk)
+        writer.write_many(chunk, lines)
         read += len(chunk)
     return read
 

@@ -214,3 +214,16 @@ def test_normal_traffic_rarely_looks_cross_border_or_card_testing(stream: list[t
     assert normal > 30_000
     assert border <= normal * 0.002
     assert testing == 0
+
+
+def test_lines_made_by_the_generator_are_what_the_writer_would_send() -> None:
+    from loader.generator import generate_with_lines
+    from loader.writer import format_copy_text
+
+    config = GeneratorConfig(seed=4, count=5000, late_share=0.1, shares=RICH)
+    pairs = list(generate_with_lines(config))
+    assert [row for row, _ in pairs] == list(generate(config))
+    formatted = [(row, line) for row, line in pairs if line is not None]
+    assert len(formatted) > 4000
+    for row, line in formatted:
+        assert line + "\n" == format_copy_text([row]).decode()
