@@ -143,3 +143,22 @@ def test_cli_replay_reports_and_exits_cleanly(db, tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert "Traceback" not in missing.stderr
     assert "no such file" in missing.stderr
+
+
+def test_speedup_replays_at_the_files_own_pace_and_rate_paces_rows(db, tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "paced.ndjson"
+    path.write_text("".join(
+        json.dumps({"txn_id": f"p{i}", "card_id": "c", "merchant_id": "m", "amount": "1.00",
+                    "event_time": f"2025-01-06T00:00:{i * 2:02d}Z"}) + "\n"
+        for i in range(5)
+    ))  # 8 s of event time
+    started = time.monotonic()
+    summary = load(replay(path), Writer(db.loader_dsn), speedup=8.0)
+    assert summary.loaded == 5
+    assert 0.9 <= time.monotonic() - started < 3.0
+    started = time.monotonic()
+    summary = load(replay(path), Writer(db.loader_dsn), rate=5.0)
+    assert summary.duplicates == 5
+    assert 0.7 <= time.monotonic() - started < 3.0  # 5 rows at 5 rows/s: the last leaves at 0.8 s
