@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"({empty_rate / raw_rate:.2f}x)")
             if args.history:
                 load_history(conn, "fraud.transactions", models, rows=args.history, batch=args.batch)
-                conn.execute("vacuum analyze fraud.transactions")
+                with psycopg.connect(dsn, autocommit=True) as ac:
+                    ac.execute("vacuum analyze")
                 hist_rate, hist_batches = ingest(conn, "fraud.transactions", models, rows=args.rows, batch=args.batch)
                 n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
                 figures.update(history_rows=n, models_rows_per_s_history=round(hist_rate),

@@ -16,7 +16,7 @@ import sqlglot
 from sqlglot import exp
 
 DIALECT = "postgres"
-PLAN_VERSION = "7"
+PLAN_VERSION = "8"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -185,7 +185,7 @@ class Plan:
         old_ctid = f"select {P}m.ctid as {P}ctid, {P}m.* from {_q(self.relation)} as {P}m join {P}keys as {P}kk on {old_filter}"
         cols = self.columns
         fresh_filter_t = fresh_filter.replace(f"{P}f.", "f.")
-        fresh_n = (f"{P}fresh_n as (select f.*, row_number() over (partition by {_cols(cols, 'f')}) as {P}n "
+        fresh_n = (f"{P}fresh_n as (select {_numbered(cols, 'f')} "
                    f"from {tmp} as f where exists (select from {P}keys as {P}kk where {fresh_filter_t}))")
         create = (f"create temp table if not exists {_qi(f'{P}f_{self.fingerprint[:16]}')} "
                   f"(like {_q(self.relation)}) on commit delete rows")
@@ -194,12 +194,12 @@ class Plan:
         # temp table's size-based estimate makes that a hash join, not a nested loop over keys)
         fill = f"{prefix}\ninsert into {tmp} {tree.sql(DIALECT)}"
         delete = (
-            f"{keys_prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old_ctid}) as o),\n"
+            f"{keys_prefix},\n{P}old_n as (select {_numbered(cols, 'o')} from ({old_ctid}) as o),\n"
             f"{fresh_n}\n"
             f"delete from {_q(self.relation)} as {P}t using {P}old_n as o\n"
             f"where {P}t.ctid = o.{P}ctid and not exists (select from {P}fresh_n as f where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
         insert = (
-            f"{keys_prefix},\n{P}old_n as (select o.*, row_number() over (partition by {_cols(cols, 'o')}) as {P}n from ({old}) as o),\n"
+            f"{keys_prefix},\n{P}old_n as (select {_numbered(cols, 'o')} from ({old}) as o),\n"
             f"{fresh_n}\n"
             f"insert into {_q(self.relation)} ({_cols(cols)})\n"
             f"select {_cols(cols, 'f')} from {P}fresh_n as f\n"
@@ -643,8 +643,19 @@ def _cols(cols: list[str], alias: str | None = None) -> str:
     return ", ".join(f"{alias}.{_qi(c)}" if alias else _qi(c) for c in cols)
 
 
+def _rowkey(cols: list[str], alias: str) -> str:
+    """A row's value as text: equal rows (NULLs included) give equal keys, and text hashes."""
+    return f"row({_cols(cols, alias)})::text"
+
+
+def _numbered(cols: list[str], alias: str) -> str:
+    """Select list numbering equal rows, so multisets compare with a hash join on (key, n)."""
+    return (f"{alias}.*, {_rowkey(cols, alias)} as {P}r, "
+            f"row_number() over (partition by {_rowkey(cols, alias)}) as {P}n")
+
+
 def _match(cols: list[str], a: str, b: str) -> str:
-    return " and ".join(f"{a}.{_qi(c)} is not distinct from {b}.{_qi(c)}" for c in cols)
+    return f"{a}.{P}r = {b}.{P}r"
 
 
 def _multiset_delete(relation: str, cols: list[str], locator: list[str], delta_sql: str) -> str:
@@ -652,8 +663,8 @@ def _multiset_delete(relation: str, cols: list[str], locator: list[str], delta_s
     loc = " and ".join(f"{P}m.{_qi(c)} = d.{_qi(c)}" for c in locator) or "true"
     return (
         f"with {P}d as ({delta_sql}),\n"
-        f"{P}d_n as (select d.*, row_number() over (partition by {_cols(cols, 'd')}) as {P}n from {P}d as d),\n"
-        f"{P}m_n as (select x.*, row_number() over (partition by {_cols(cols, 'x')}) as {P}n from "
+        f"{P}d_n as (select {_numbered(cols, 'd')} from {P}d as d),\n"
+        f"{P}m_n as (select {_numbered(cols, 'x')} from "
         f"(select {P}m.ctid as {P}ctid, {P}m.* from {_q(relation)} as {P}m "
         f"where exists (select from (select distinct {_cols(locator, 'd0') if locator else '1'} from {P}d as d0) as d where {loc})) as x)\n"
         f"delete from {_q(relation)} as {P}t using {P}m_n as o, {P}d_n as f\n"
