@@ -9,16 +9,7 @@ stg_transactions as (
 
 with_device as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         device_id
     from stg_transactions
     where device_id is not null
@@ -26,16 +17,7 @@ with_device as (
 
 numbered as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         device_id,
         row_number() over (
             partition by card_id, device_id order by event_time, {{ sentinel_bytewise('txn_id') }}
@@ -44,16 +26,7 @@ numbered as (
 )
 
 select
-    txn_id,
-    card_id,
-    customer_id,
-    merchant_id,
-    merchant_category,
-    country,
-    channel,
-    amount,
-    currency,
-    event_time,
+    {{ sentinel_flag_columns(indent=4) }},
     device_id
 from numbered
 where device_use_number = 1

@@ -10,16 +10,7 @@ first_uses as (
 
 counted as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         device_id,
         row_number() over (
             partition by card_id order by event_time, {{ sentinel_bytewise('txn_id') }}
@@ -28,17 +19,7 @@ counted as (
 )
 
 select
-    txn_id,
-    cast('account_takeover' as text) as rule,
-    card_id,
-    customer_id,
-    merchant_id,
-    merchant_category,
-    country,
-    channel,
-    amount,
-    currency,
-    event_time,
+    {{ sentinel_flag_columns("cast('account_takeover' as text) as rule", indent=4) }},
     cast('critical' as text) as risk_level,
     'new device ' || device_id || ' after ' || cast(earlier_device_count as text)
         || case when earlier_device_count = 1 then ' other device: ' else ' other devices: ' end

@@ -11,16 +11,7 @@ stg_transactions as (
 
 with_history as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         count(*) over (
             partition by card_id
             order by event_time, {{ sentinel_bytewise('txn_id') }}
@@ -36,17 +27,7 @@ with_history as (
 
 flagged as (
     select
-        txn_id,
-        cast('amount_spike' as text) as rule,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns("cast('amount_spike' as text) as rule") }},
         cast('medium' as text) as risk_level,
         {{ sentinel_format_amount('amount') }} || ' ' || currency || ' vs an average of '
             || {{ sentinel_format_amount('history_amount_total / history_txn_count') }}

@@ -9,32 +9,14 @@ stg_transactions as (
 
 small_amounts as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time
+        {{ sentinel_flag_columns() }}
     from stg_transactions
     where amount <= {{ var('card_testing_max_amount') }}
 ),
 
 counted as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         {{ sentinel_window_agg(
             'count', '*', 'small_amounts', 'card_id', 'event_time', var('card_testing_window_seconds')
         ) }} as window_small_txn_count
@@ -43,17 +25,7 @@ counted as (
 
 flagged as (
     select
-        txn_id,
-        cast('card_testing' as text) as rule,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns("cast('card_testing' as text) as rule") }},
         cast('high' as text) as risk_level,
         cast(window_small_txn_count as text)
             || ' amounts of at most {{ sentinel_amount_label(var("card_testing_max_amount")) }}'

@@ -9,16 +9,7 @@ country_changes as (
 
 counted as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         previous_country,
         {{ sentinel_window_agg(
             'count', '*', 'country_changes', 'card_id', 'event_time', var('cross_border_window_seconds')
@@ -27,17 +18,7 @@ counted as (
 )
 
 select
-    txn_id,
-    cast('cross_border' as text) as rule,
-    card_id,
-    customer_id,
-    merchant_id,
-    merchant_category,
-    country,
-    channel,
-    amount,
-    currency,
-    event_time,
+    {{ sentinel_flag_columns("cast('cross_border' as text) as rule", indent=4) }},
     cast('high' as text) as risk_level,
     cast(window_change_count as text) || ' country changes in '
         || '{{ sentinel_seconds_label(var("cross_border_window_seconds")) }}'

@@ -9,17 +9,7 @@ stg_transactions as (
 
 flagged as (
     select
-        txn_id,
-        cast('high_value' as text) as rule,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns("cast('high_value' as text) as rule") }},
         cast(
             case
                 when amount > 5 * {{ var('high_value_min_amount') }} then 'high'

@@ -11,16 +11,7 @@ stg_transactions as (
 
 located as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         lat,
         lon
     from stg_transactions
@@ -30,16 +21,7 @@ located as (
 
 paired as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         lat,
         lon,
         lag(txn_id) over (
@@ -59,16 +41,7 @@ paired as (
 
 measured as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         previous_txn_id,
         previous_event_time,
         {{ sentinel_haversine_km('previous_lat', 'previous_lon', 'lat', 'lon') }} as distance_km,
@@ -79,17 +52,7 @@ measured as (
 
 flagged as (
     select
-        txn_id,
-        cast('impossible_travel' as text) as rule,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns("cast('impossible_travel' as text) as rule") }},
         cast('critical' as text) as risk_level,
         {{ sentinel_format_int('distance_km') }} || ' km in '
             || {{ sentinel_format_duration('elapsed_seconds') }} || ' = '

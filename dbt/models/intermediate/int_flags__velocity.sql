@@ -9,16 +9,7 @@ stg_transactions as (
 
 counted as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         {{ sentinel_window_agg(
             'count', '*', 'stg_transactions', 'card_id', 'event_time', var('velocity_window_seconds')
         ) }} as window_txn_count
@@ -27,17 +18,7 @@ counted as (
 
 flagged as (
     select
-        txn_id,
-        cast('velocity' as text) as rule,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns("cast('velocity' as text) as rule") }},
         cast(
             case
                 when window_txn_count >= 2 * {{ var('velocity_min_txns') }} then 'high'

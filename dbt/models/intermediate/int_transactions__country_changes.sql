@@ -10,32 +10,14 @@ stg_transactions as (
 
 with_country as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time
+        {{ sentinel_flag_columns() }}
     from stg_transactions
     where country is not null
 ),
 
 with_previous_country as (
     select
-        txn_id,
-        card_id,
-        customer_id,
-        merchant_id,
-        merchant_category,
-        country,
-        channel,
-        amount,
-        currency,
-        event_time,
+        {{ sentinel_flag_columns() }},
         lag(country) over (
             partition by card_id order by event_time, {{ sentinel_bytewise('txn_id') }}
         ) as previous_country,
@@ -46,16 +28,7 @@ with_previous_country as (
 )
 
 select
-    txn_id,
-    card_id,
-    customer_id,
-    merchant_id,
-    merchant_category,
-    country,
-    channel,
-    amount,
-    currency,
-    event_time,
+    {{ sentinel_flag_columns(indent=4) }},
     previous_country
 from with_previous_country
 where country <> previous_country

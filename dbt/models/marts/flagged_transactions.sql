@@ -54,17 +54,7 @@ cross_border as (
 union all
 {% endif %}
 select
-    txn_id,
-    rule,
-    card_id,
-    customer_id,
-    merchant_id,
-    merchant_category,
-    country,
-    channel,
-    amount,
-    currency,
-    event_time,
+    {{ sentinel_flag_columns('rule', indent=4) }},
     risk_level,
     reason
 from {{ rule }}
