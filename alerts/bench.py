@@ -14,6 +14,7 @@ from the change log's logged_at (inside the transaction).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import tempfile
@@ -28,7 +29,12 @@ import psycopg
 from alerts.listener import Listener
 from alerts.model import Alert
 from alerts.sinks import FileSink
+from sentinel.measure import percentile
 
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 class TimedFileSink(FileSink):
@@ -46,89 +52,18 @@ class TimedFileSink(FileSink):
             self.flushed.extend((a.seq, a.op, now) for a in alerts)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+@contextlib.contextmanager
+def _temporary_engine():
+    """A throw-away engine with every default model deployed and commit timestamps tracked."""
+    from sentinel.stack import temporary_stack
 
-
-# --stand-in: the alert view as a table kept by one statement trigger (high_value only), for
-# measuring the listener's own path while the real models cannot be deployed.
-STAND_IN = """
-create table if not exists fraud.flagged_transactions (
-    txn_id            text not null,
-    rule              text not null,
-    card_id           text not null,
-    customer_id       text,
-    merchant_id       text,
-    merchant_category text,
-    country           char(2),
-    channel           text,
-    amount            numeric(12, 2),
-    currency          char(3),
-    event_time        timestamptz,
-    risk_level        text,
-    reason            text,
-    primary key (txn_id, rule)
-);
-
-create or replace function fraud.bench_flag_high_value() returns trigger
-language plpgsql as $$
-begin
-    insert into fraud.flagged_transactions (
-        txn_id, rule, card_id, customer_id, merchant_id, merchant_category, country, channel,
-        amount, currency, event_time, risk_level, reason
-    )
-    select
-        n.txn_id, 'high_value', n.card_id, n.customer_id, n.merchant_id, n.merchant_category,
-        n.country, n.channel, n.amount, n.currency, n.event_time, 'high',
-        'amount ' || to_char(n.amount, 'FM999,999,990.00') || ' > 2,000.00'
-    from new_rows as n
-    where n.amount > 2000
-    on conflict do nothing;
-    return null;
-end
-$$;
-
-drop trigger if exists bench_flag_high_value on fraud.transactions;
-create trigger bench_flag_high_value
-    after insert on fraud.transactions
-    referencing new table as new_rows
-    for each statement execute function fraud.bench_flag_high_value();
-
-select sentinel_alerts.install_changelog('fraud.flagged_transactions');
-"""
-
-
-def _start_engine(home: Path, *, stand_in: bool):
-    from sentinel import schema
-    from sentinel.engine import EmbeddedEngine, free_port
-
-    engine = EmbeddedEngine(home, port=free_port())
-    engine.up()
-    dsn = engine.dsn("owner")
-    creds = engine.credentials()
-    schema.apply(dsn, role_passwords={"sentinel_loader": creds["loader"], "sentinel_analyst": creds["analyst"]})
-    if stand_in:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(STAND_IN)
-    else:
-        from sentinel.deploy import DbtFailed, run_dbt
-
-        click.echo("deploying the default models (dbt run) ...", err=True)
-        try:
-            run_dbt(["run"], dsn=dsn)
-        except DbtFailed as exc:
-            engine.down()
-            raise click.ClickException(f"{exc} — the default models do not deploy; "
-                                       "--stand-in measures the listener with a one-rule stand-in") from None
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("alter system set track_commit_timestamp = on")
-    engine.down()
-    engine.up()
-    return engine, engine.dsn("owner")
+    with temporary_stack(prefix="sentinel-alerts-bench-",
+                         on_step=lambda msg: click.echo(msg, err=True)) as stack:
+        with psycopg.connect(stack.owner_dsn, autocommit=True) as conn:
+            conn.execute("alter system set track_commit_timestamp = on")
+        stack.engine.down()  # the setting needs a restart
+        stack.engine.up()
+        yield stack.owner_dsn
 
 
 def _fraud_shares(fraud_share: float | None) -> dict[str, float] | None:
@@ -191,27 +126,24 @@ def timed_load(dsn: str, rate: float, seconds: float, batch_ms: float, fraud_sha
 @click.option("--batch-ms", type=float, default=200.0, show_default=True, help="One transaction per this many ms (the loader's default).")
 @click.option("--fraud-share", type=click.FloatRange(0, 0.5),
               help="Total share of fraud scenarios in the generated stream (more alerts, tighter percentiles).")
-@click.option("--stand-in", is_flag=True,
-              help="Instead of the dbt models, a trigger-maintained high_value-only alert view (listener path only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def main(dsn: str | None, rate: float, seconds: float, warmup: float, batch_ms: float,
-         fraud_share: float | None, stand_in: bool, as_json: bool) -> None:
+         fraud_share: float | None, as_json: bool) -> None:
     """Measure commit-to-file-sink alert latency with the loader at --rate."""
-    engine = None
-    tmp = tempfile.TemporaryDirectory(prefix="sentinel-alerts-bench-")
-    try:
+    with contextlib.ExitStack() as cleanup:
+        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sentinel-alerts-bench-")))
         if dsn is None:
-            engine, dsn = _start_engine(Path(tmp.name) / "home", stand_in=stand_in)
+            dsn = cleanup.enter_context(_temporary_engine())
         with psycopg.connect(dsn, autocommit=True) as conn:
             commit_ts = conn.execute("show track_commit_timestamp").fetchone()[0] == "on"
             if conn.execute("select to_regclass('fraud.flagged_transactions')").fetchone()[0] is None:
                 raise click.ClickException("fraud.flagged_transactions does not exist: run `sentinel up` first")
-        sink = TimedFileSink(str(Path(tmp.name) / "alerts.ndjson"))
+        sink = TimedFileSink(str(tmp / "alerts.ndjson"))
         listener = Listener(dsn, [sink], from_now=True)
         listener.open()
         listener.start()
         started = time.time()
-        out_path = str(Path(tmp.name) / "commits.json")
+        out_path = str(tmp / "commits.json")
         writer = multiprocessing.get_context("spawn").Process(
             target=timed_load, args=(dsn, rate, seconds, batch_ms, fraud_share, out_path))
         writer.start()
@@ -244,30 +176,25 @@ def main(dsn: str | None, rate: float, seconds: float, warmup: float, batch_ms: 
                           if s in by_seq and by_seq[s][2] is not None]
         from_logged = [(t - by_seq[s][1]) * 1000 for s, t in flushed if s in by_seq]
         figures = {
-            "models": "stand-in (high_value trigger)" if stand_in else "deployed dbt models",
             "rows_written": written["rows"],
             "rows_per_s": round(written["rows"] / written["seconds"], 1),
             "alerts_measured": len(from_ack),
             "alerts_per_s": round(len(from_ack) / max(seconds - warmup, 1e-9), 1),
         }
         for q in (50, 90, 99):
-            figures[f"p{q}_ms"] = round(percentile(from_ack, q), 2)
+            figures[f"p{q}_ms"] = _round(percentile(from_ack, q))
         figures["max_ms"] = round(max(from_ack), 2) if from_ack else None
         if from_commit_ts:
-            figures["from_commit_timestamp_p50_ms"] = round(percentile(from_commit_ts, 50), 2)
-            figures["from_commit_timestamp_p99_ms"] = round(percentile(from_commit_ts, 99), 2)
-        figures["from_logged_at_p50_ms"] = round(percentile(from_logged, 50), 2)
-        figures["from_logged_at_p99_ms"] = round(percentile(from_logged, 99), 2)
+            figures["from_commit_timestamp_p50_ms"] = _round(percentile(from_commit_ts, 50))
+            figures["from_commit_timestamp_p99_ms"] = _round(percentile(from_commit_ts, 99))
+        figures["from_logged_at_p50_ms"] = _round(percentile(from_logged, 50))
+        figures["from_logged_at_p99_ms"] = _round(percentile(from_logged, 99))
         if as_json:
             click.echo(json.dumps(figures))
         else:
             width = max(map(len, figures))
             for key, value in figures.items():
                 click.echo(f"{key:<{width}}  {value}")
-    finally:
-        if engine is not None:
-            engine.down()
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ import psycopg
 from alerts.listener import Listener, SinkStats
 from alerts.sinks import SINK_USAGE, SinkOptions, SinkSpecError, parse_sink
 from alerts.sources import AlertViewMissing, SinkBusy
+from sentinel.config import Settings, resolve_dsn
+from sentinel.console import console
+from sentinel.errors import one_line
 
 EXAMPLES = """
 \b
@@ -21,16 +24,6 @@ Examples:
   sentinel alerts --sink ops=webhook:https://hooks.slack.com/services/T0/B0/XX --from-now
   sentinel alerts --sink 'smtp://localhost:25?to=fraud@example.com&digest=1'
 """
-
-
-def _console():
-    try:
-        from sentinel.console import console
-    except ImportError:  # the alerts package on its own
-        from rich.console import Console
-
-        console = Console(stderr=True, highlight=False, soft_wrap=True)
-    return console
 
 
 class ConsoleHandler(logging.Handler):
@@ -54,21 +47,6 @@ def format_stats(stats: SinkStats) -> str:
     if stats.failing:
         line += f" · failing: {stats.failing}"
     return line
-
-
-def _resolve_dsn(ctx: click.Context, dsn: str | None) -> str:
-    if dsn:
-        return dsn
-    try:
-        from sentinel.config import Settings, resolve_dsn
-        from sentinel.errors import SentinelError
-    except ImportError:
-        raise click.UsageError("no database: pass --dsn or set SENTINEL_DSN") from None
-    settings = ctx.obj if isinstance(ctx.obj, Settings) else None
-    try:
-        return resolve_dsn("owner", settings=settings)
-    except SentinelError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,14 +81,13 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
         built = [parse_sink(spec, options=options) for spec in sinks]
     except SinkSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--sink") from None
-    console = _console()
     logger = logging.getLogger("alerts")
     if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
         logger.addHandler(ConsoleHandler(console))
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
-    dsn = _resolve_dsn(ctx, dsn)
+    dsn = resolve_dsn("owner", settings=ctx.find_object(Settings), dsn=dsn)
     try:
         listener = Listener(dsn, built, from_now=not from_start, batch_size=batch_size,
                             retry_cap=retry_max_delay)
@@ -121,8 +98,7 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
     except (AlertViewMissing, SinkBusy) as exc:
         raise click.ClickException(str(exc)) from None
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise click.ClickException(f"cannot reach the engine: {first}") from None
+        raise click.ClickException(f"cannot reach the engine: {one_line(exc)}") from None
 
     stop = threading.Event()
 
@@ -147,4 +123,8 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
 
 
 if __name__ == "__main__":
-    alerts()
+    import sys
+
+    from sentinel.cli import main
+
+    main(["alerts", *sys.argv[1:]])

@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 import psycopg
 
 from alerts.sinks import DeliveryError, Sink
-from alerts.sources import AlertViewMissing, Batch, SinkBusy, connect, detect_engine, make_reader
+from alerts.sources import AlertViewMissing, Batch, SinkBusy, connect, make_reader
+from sentinel.errors import one_line
+from sentinel.schema import detect_engine
 
 log = logging.getLogger("alerts")
 
@@ -123,7 +125,7 @@ class SinkWorker(threading.Thread):
             except Exception as exc:  # e.g. a change-log row that does not decode: keep the others going
                 self.reader.reset()
                 self.listener.episodes.fault(f"read:{self.sink.name}", f"sink {self.sink.name} cannot read "
-                                             f"the change log ({type(exc).__name__}: {_one_line(exc)})")
+                                             f"the change log ({type(exc).__name__}: {one_line(exc)})")
                 db_attempt += 1
                 stop.wait(backoff_delay(db_attempt, base=0.5, cap=30.0))
                 continue
@@ -174,9 +176,9 @@ class SinkWorker(threading.Thread):
             except Exception as exc:  # a bug in a sink must not kill the others
                 attempt += 1
                 self.stats.retries += 1
-                self.stats.failing = _one_line(exc)
+                self.stats.failing = one_line(exc)
                 self.listener.episodes.fault(
-                    key, f"sink {self.sink.name} failing: {type(exc).__name__}: {_one_line(exc)}")
+                    key, f"sink {self.sink.name} failing: {type(exc).__name__}: {one_line(exc)}")
             else:
                 break
             if stop.wait(backoff_delay(attempt, base=self.listener.retry_base, cap=self.listener.retry_cap)):
@@ -228,7 +230,7 @@ class Notifier(threading.Thread):
                             self.listener.wake_all()
             except Exception as exc:  # noqa: BLE001 - workers poll without us; keep trying to listen
                 message = _db_problem(exc) if isinstance(exc, psycopg.Error) else (
-                    f"cannot listen for alerts ({type(exc).__name__}: {_one_line(exc)})")
+                    f"cannot listen for alerts ({type(exc).__name__}: {one_line(exc)})")
                 self.listener.episodes.fault("database", message)
                 attempt += 1
                 stop.wait(backoff_delay(attempt, base=0.1, cap=5.0))
@@ -347,10 +349,7 @@ class Listener:
 
 def _db_problem(exc: psycopg.Error) -> str:
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return f"database unreachable ({_one_line(exc)})"
-    return f"database error ({type(exc).__name__}: {_one_line(exc)})"
+        return f"database unreachable ({one_line(exc)})"
+    return f"database error ({type(exc).__name__}: {one_line(exc)})"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -54,16 +54,6 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
-def detect_engine(conn: psycopg.Connection) -> str:
-    """'postgres', 'risingwave' or 'materialize', from the server's version string."""
-    version = conn.execute("select version()").fetchone()[0].lower()
-    if "risingwave" in version:
-        return "risingwave"
-    if "materialize" in version:
-        return "materialize"
-    return "postgres"
-
-
 def connect(dsn: str, *, application_name: str = "sentinel-alerts") -> psycopg.Connection:
     """An autocommit connection with a short connect timeout (faults surface, they are not waited out)."""
     return psycopg.connect(dsn, autocommit=True, connect_timeout=5, application_name=application_name)

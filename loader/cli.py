@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -20,53 +19,16 @@ from loader.replay import Rejects, ReplayError, parse_map, replay
 from loader.schema import RowError, parse_time
 from loader.writer import Writer, WriterError
 
-try:
-    from sentinel.console import console
-except ImportError:  # pragma: no cover - the loader also runs without the sentinel package
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-try:
-    from sentinel.errors import SentinelError as _CliError
-except ImportError:  # pragma: no cover
-    _CliError = click.ClickException  # type: ignore[misc,assignment]
+from sentinel.config import Settings, resolve_dsn
+from sentinel.console import console
+from sentinel.errors import SentinelError
 
 
-class LoadError(_CliError):  # type: ignore[misc,valid-type]
+class LoadError(SentinelError):
     """A load that cannot start or continue; the CLI prints its message as one line."""
 
-    exit_code = 1
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def show(self, file=None) -> None:  # for click.ClickException as the base
-        console.print(f"[bold red]error:[/] {self.message}", markup=True)
-
-
-def _resolve_dsn(ctx: click.Context, dsn: str | None) -> str:
-    """--dsn, else `sentinel.config.resolve_dsn(role="loader")`, else $SENTINEL_DSN."""
-    if dsn:
-        return dsn
-    try:
-        from sentinel.config import Settings, resolve_dsn
-    except ImportError:
-        resolved = os.environ.get("SENTINEL_DSN")
-        if not resolved:
-            raise LoadError("no database: pass --dsn or set SENTINEL_DSN") from None
-        return resolved
-    settings = ctx.find_object(Settings)
-    try:
-        return resolve_dsn("loader", settings=settings)
-    except LoadError:
-        raise
-    except Exception as exc:  # SentinelError and friends: one line
-        raise LoadError(str(exc)) from None
-
-
-def _parse_shares(items: tuple[str, ...], fraud_share: float | None) -> dict[str, float]:
+def parse_shares(items: tuple[str, ...], fraud_share: float | None) -> dict[str, float]:
     shares = dict(DEFAULT_SHARES)
     if fraud_share is not None:
         fraud = [k for k in shares if not k.startswith("legit_")]
@@ -167,7 +129,7 @@ def load(
         raise click.UsageError("--rate and --speedup are exclusive")
     if speedup is not None and source is None:
         raise click.UsageError("--speedup replays a file's own pace; use it with --from")
-    dsn = _resolve_dsn(ctx, dsn)
+    dsn = resolve_dsn("loader", settings=ctx.find_object(Settings), dsn=dsn)
 
     extra: dict = {}
     rejects_sink: Rejects | None = None
@@ -189,7 +151,7 @@ def load(
                 start_at = datetime.now(timezone.utc) if start == "now" else parse_time(start)
             config = GeneratorConfig(
                 seed=seed, count=count, rate=rate, sim_rate=sim_rate, start=start_at,
-                shares=_parse_shares(shares, fraud_share), late_share=late_share,
+                shares=parse_shares(shares, fraud_share), late_share=late_share,
                 max_delay_s=max_delay, cards=cards,
             )
             rows = generate_with_lines(config)  # most rows come already formatted for COPY
@@ -279,19 +241,9 @@ def _take(rows, n):
 
 def main() -> None:
     """`python -m loader.cli`: the load command on its own (one-line errors, exit codes)."""
-    try:
-        load.main(prog_name="sentinel-load", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        console.print("[bold red]error:[/] interrupted", markup=True)
-        sys.exit(130)
-    except Exception as exc:
-        if isinstance(exc, _CliError):
-            console.print(f"[bold red]error:[/] {exc}", markup=True)
-            sys.exit(getattr(exc, "exit_code", 1))
-        raise
+    from sentinel.cli import main as sentinel_main
+
+    sentinel_main(["load", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ import psycopg
 from psycopg import sql
 
 from loader.schema import COLUMNS
+from sentinel.errors import one_line
+from sentinel.schema import detect_engine
 
 log = logging.getLogger("sentinel.loader")
 
@@ -184,16 +186,6 @@ class WriterStats:
         return asdict(self)
 
 
-def detect_dialect(conn: psycopg.Connection) -> str:
-    """'postgres', 'risingwave' or 'materialize', from the server's version string."""
-    version = conn.execute("select version()").fetchone()[0].lower()
-    if "risingwave" in version:
-        return "risingwave"
-    if "materialize" in version:
-        return "materialize"
-    return "postgres"
-
-
 def _is_connection_fault(exc: BaseException, conn: psycopg.Connection | None) -> bool:
     """A lost or refused connection (retry), as opposed to an error in the data or the schema."""
     if isinstance(exc, psycopg.InterfaceError):
@@ -243,8 +235,8 @@ class Writer:
         try:
             self._conn = self._connect()
         except psycopg.Error as exc:
-            raise WriterError(f"cannot connect to the database: {_one_line(exc)}") from None
-        self.dialect = detect_dialect(self._conn)
+            raise WriterError(f"cannot connect to the database: {one_line(exc)}") from None
+        self.dialect = detect_engine(self._conn)
         if self.dialect != "postgres":
             # RisingWave has no read-write transactions (BEGIN is accepted and ignored) and
             # Materialize restricts them: statements run on their own there.
@@ -374,7 +366,7 @@ class Writer:
             raise WriterError("the writer is closed")
         if isinstance(err, WriterError):
             raise WriterError(str(err))
-        raise WriterError(_one_line(err)) from err
+        raise WriterError(one_line(err)) from err
 
     # -- sender thread ----------------------------------------------------------------------
 
@@ -428,7 +420,7 @@ class Writer:
             self._conn.rollback()  # the loader role may insert without select: fine
         except psycopg.Error as exc:
             self._conn.close()
-            raise WriterError(f"cannot write to {TARGET}: {_one_line(exc)} (run `sentinel up` first?)") from None
+            raise WriterError(f"cannot write to {TARGET}: {one_line(exc)} (run `sentinel up` first?)") from None
         else:
             self._conn.rollback()
 
@@ -451,10 +443,10 @@ class Writer:
                 now = time.monotonic()
                 if lost_since is None:
                     lost_since = now
-                    log.warning("database connection lost (%s); retrying with backoff", _one_line(exc))
+                    log.warning("database connection lost (%s); retrying with backoff", one_line(exc))
                 elif now - lost_since > self.retry_for_s:
                     raise WriterError(
-                        f"database unreachable for {now - lost_since:.0f} s ({_one_line(exc)}); "
+                        f"database unreachable for {now - lost_since:.0f} s ({one_line(exc)}); "
                         f"{self.stats.sent - len(batch)} rows were sent before"
                     ) from None
                 attempt += 1
@@ -550,10 +542,7 @@ class Writer:
             except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
                 rejected += 1
                 if self.on_reject is not None:
-                    self.on_reject(row, f"refused by the database: {_one_line(exc)}")
+                    self.on_reject(row, f"refused by the database: {one_line(exc)}")
         return inserted, rejected
 
 
-def _one_line(exc: BaseException | None) -> str:
-    text = str(exc or "unknown error").strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,40 +7,16 @@ recomputation against per-batch cost, alert latency, and detection quality on th
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import click
 
 from sentinel.console import console, out
+from sentinel.measure import machine
 
 PARTS = ("loader", "ivm", "alerts", "quality")
-
-
-def machine() -> dict:
-    """What the figures were measured on."""
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "memory_gb": mem, "cpu": cpu, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def run_part(module: str, args: list[str], *, timeout: float) -> dict:
@@ -61,19 +37,12 @@ def run_part(module: str, args: list[str], *, timeout: float) -> dict:
 
 def loader_part(*, rows: int) -> dict:
     """The loader against raw COPY, on a throw-away engine with sql/ applied and no models."""
-    from sentinel.config import Settings
-    from sentinel.engine import EmbeddedEngine, free_port
-    from sentinel.stack import bring_up
+    from sentinel.stack import temporary_stack
 
-    with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as home:
-        port = free_port()
-        stack = bring_up(Settings(home=Path(home), port=port), models=False)
-        try:
-            figures = run_part("loader.bench", ["--dsn", stack.owner_dsn, "--count", str(rows), "--repeat", "3",
-                                                "--rss-count", str(rows * 2)], timeout=3600)
-        finally:
-            EmbeddedEngine(home, port=port).down()
-    figures["command"] = figures.get("command", "").replace(stack.owner_dsn, "<owner DSN>")
+    with temporary_stack(models=False) as stack:
+        figures = run_part("loader.bench", ["--dsn", stack.owner_dsn, "--count", str(rows), "--repeat", "3",
+                                            "--rss-count", str(rows * 2)], timeout=3600)
+        figures["command"] = figures.get("command", "").replace(stack.owner_dsn, "<owner DSN>")
     return figures
 
 
@@ -83,21 +52,13 @@ def quality(*, rows: int, seed: int) -> dict:
     from loader.load import load
     from loader.writer import Writer
     from sentinel import quality as q
-    from sentinel.config import Settings
-    from sentinel.engine import EmbeddedEngine, free_port
-    from sentinel.stack import bring_up
+    from sentinel.stack import temporary_stack
 
-    with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as home:
-        port = free_port()
-        settings = Settings(home=Path(home), port=port)
-        stack = bring_up(settings)
-        try:
-            started = time.monotonic()
-            summary = load(generate(GeneratorConfig(seed=seed, count=rows)), Writer(stack.loader_dsn))
-            took = time.monotonic() - started
-            rules, patterns = q.measure(stack.owner_dsn)
-        finally:
-            EmbeddedEngine(home, port=port).down()
+    with temporary_stack() as stack:
+        started = time.monotonic()
+        summary = load(generate(GeneratorConfig(seed=seed, count=rows)), Writer(stack.loader_dsn))
+        took = time.monotonic() - started
+        rules, patterns = q.measure(stack.owner_dsn)
     return {
         "rows": summary.loaded,
         "rows_per_s": round(summary.loaded / took, 1) if took else None,

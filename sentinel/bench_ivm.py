@@ -9,7 +9,6 @@ and prints figures; it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import time

@@ -135,20 +135,18 @@ def dsn(settings: Settings, role: str, as_env: bool) -> None:
             out.print(f"export {var}={shlex.quote(str(parts[key]))}")
 
 
-def _register_optional() -> None:
+def _register_commands() -> None:
     """Attach the commands that live in the loader and alerts packages, and the end-to-end ones."""
-    import importlib
+    from alerts.cli import alerts
+    from loader.cli import load
+    from sentinel.bench import bench
+    from sentinel.demo import demo
 
-    for module, name in (("loader.cli", "load"), ("alerts.cli", "alerts"), ("sentinel.demo", "demo"),
-                         ("sentinel.bench", "bench")):
-        try:
-            command = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        cli.add_command(command, name)
+    for command in (load, alerts, demo, bench):
+        cli.add_command(command)
 
 
-_register_optional()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,10 +45,12 @@ class Settings:
         return EmbeddedEngine(self.home, port=self.port)
 
 
-def resolve_dsn(role: str = "owner", *, settings: Settings | None = None) -> str:
-    """The DSN a command should use for `role`: SENTINEL_DSN as given, or the running embedded engine's."""
+def resolve_dsn(role: str = "owner", *, settings: Settings | None = None, dsn: str | None = None) -> str:
+    """The DSN a command should use for `role`: an explicit `dsn`, SENTINEL_DSN, or the running embedded engine's."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if dsn:
+        return dsn
     settings = settings or Settings.from_env()
     if settings.dsn:
         return settings.dsn

@@ -64,9 +64,9 @@ def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: i
     listener.start()
     # A new seed per run: ids never collide with an earlier run's, so a rerun continues the stream.
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-    from loader.cli import _parse_shares
+    from loader.cli import parse_shares
 
-    rows = generate(GeneratorConfig(seed=seed, rate=rate, shares=_parse_shares((), fraud_share)))
+    rows = generate(GeneratorConfig(seed=seed, rate=rate, shares=parse_shares((), fraud_share)))
     writer = Writer(stack.loader_dsn, batch_rows=max(100, int(rate)), batch_ms=50)
     last_line = time.monotonic()
 

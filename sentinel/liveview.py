@@ -11,14 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-quantile (0..1) of values, nearest-rank; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
-    return ordered[rank]
+from sentinel.measure import percentile
 
 
 @dataclass
@@ -74,8 +67,8 @@ class DemoState:
             ("Sentinel — live fraud   ", "bold"),
             (f"{self.sent_rate:,.0f} txn/s", "cyan"), f"   {self.sent:,} sent   ",
             (f"{self.alerts:,} alerts", "bold red"), f"   {self.retractions:,} retracted   ",
-            "flag→alert p50 ", (_ms(percentile(lat, 0.5)), "green"),
-            "  p99 ", (_ms(percentile(lat, 0.99)), "green"),
+            "flag→alert p50 ", (_ms(percentile(lat, 50)), "green"),
+            "  p99 ", (_ms(percentile(lat, 99)), "green"),
         )
         rules = Table(title="flags by rule", expand=False, show_edge=False)
         rules.add_column("rule")
@@ -97,11 +90,8 @@ class DemoState:
             lat = list(self.latencies_ms)
         return (f"{self.sent:,} sent ({self.sent_rate:,.0f}/s), {self.alerts:,} alerts "
                 f"({', '.join(f'{r} {n}' for r, n in self.by_rule.most_common())}), "
-                f"latency p50 {_ms(percentile(lat, 0.5))} p99 {_ms(percentile(lat, 0.99))}")
+                f"latency p50 {_ms(percentile(lat, 50))} p99 {_ms(percentile(lat, 99))}")
 
 
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f} ms"
-
-
-__all__ = ["DemoState", "percentile"]

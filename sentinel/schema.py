@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from sentinel.errors import SentinelError
+from sentinel.errors import SentinelError, one_line
 
 SQL_ROOT = Path(__file__).resolve().parent.parent / "sql"
 APPLY_LOCK_KEY = 0x5E171E1  # advisory lock: two concurrent `sentinel up` apply one after the other
@@ -25,10 +25,19 @@ def connect(dsn: str, **kwargs) -> psycopg.Connection:
     try:
         return psycopg.connect(dsn, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise SentinelError(f"cannot connect to {redact(dsn)}: {reason}") from None
+        raise SentinelError(f"cannot connect to {redact(dsn)}: {one_line(exc)}") from None
     except psycopg.ProgrammingError as exc:
         raise SentinelError(f"invalid DSN {redact(dsn)!r}: {exc}") from None
+
+
+def detect_engine(conn: psycopg.Connection) -> str:
+    """'postgres', 'risingwave' or 'materialize', from the server's version string."""
+    version = conn.execute("select version()").fetchone()[0].lower()
+    if "risingwave" in version:
+        return "risingwave"
+    if "materialize" in version:
+        return "materialize"
+    return "postgres"
 
 
 def redact(dsn: str) -> str:

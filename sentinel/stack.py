@@ -1,12 +1,15 @@
 """Bringing the pipeline's engine up: start or reuse the server, apply sql/, deploy the models."""
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from sentinel.config import Settings
-from sentinel.engine import EmbeddedEngine
+from sentinel.engine import EmbeddedEngine, free_port
 from sentinel.errors import SentinelError
 
 
@@ -56,3 +59,15 @@ def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "pos
         on_step(f"models deployed (dbt run, target {engine_kind}) [{time.monotonic() - t1:.1f} s]")
     on_step(f"ready in {time.monotonic() - t0:.1f} s")
     return stack
+
+
+@contextlib.contextmanager
+def temporary_stack(*, models: bool = True, prefix: str = "sentinel-bench-",
+                    on_step: Callable[[str], None] = lambda _msg: None) -> Iterator[Stack]:
+    """A throw-away embedded engine (temp home, free port) brought up; stopped and removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as home:
+        stack = bring_up(Settings(home=Path(home) / "home", port=free_port()), models=models, on_step=on_step)
+        try:
+            yield stack
+        finally:
+            stack.engine.down()

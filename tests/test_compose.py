@@ -9,7 +9,6 @@ import json
 import re
 import shlex
 from importlib.resources import files
-from pathlib import Path
 
 import click
 import jsonschema
@@ -30,7 +29,6 @@ def compose() -> dict:
 
 def compose_schema() -> dict:
     """The Compose specification's schema, as vendored by check-jsonschema (from SchemaStore)."""
-    pytest.importorskip("check_jsonschema", reason="check-jsonschema (dev dependency) ships the compose-spec schema")
     return json.loads(files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
 
 
@@ -192,12 +190,6 @@ def _resolve_sentinel(argv: list[str]) -> click.Command:
 @pytest.mark.parametrize(("service", "argv", "env"), _entry_points(), ids=lambda v: v if isinstance(v, str) else "")
 def test_commands_run_real_entry_points(service: str, argv: list[str], env: dict[str, str]) -> None:
     if argv[0] == "sentinel":
-        name = argv[1]
-        if name in ("load", "alerts"):
-            from sentinel.cli import cli
-
-            if name not in cli.commands:
-                pytest.skip(f"`sentinel {name}` is not registered yet (its package is being written)")
         _resolve_sentinel(argv)
         return
     assert argv[:2] == ["sh", "deploy/init-engine.sh"], f"{service}: {argv}"

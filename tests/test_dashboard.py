@@ -80,7 +80,7 @@ def test_every_panel_returns_its_shape_as_analyst(module_db, live) -> None:
             cur = conn.execute(sql)
             rows = cur.fetchall()
             title = panel["title"]
-            assert rows, f"{title}: no rows over live data ({live.deployment} marts)"
+            assert rows, f"{title}: no rows over live data"
             types = [d.type_code for d in cur.description]
             names = [d.name for d in cur.description]
             if target["format"] == "time_series":

@@ -267,7 +267,7 @@ def test_account_takeover_needs_an_earlier_device_and_follows_late_events(cards)
 # --- amount_spike -----------------------------------------------------------------------------
 
 def test_amount_spike_against_the_cards_previous_average(cards):
-    ids = cards.insert(*({"amount": Decimal("20.00"), "event_time": 60 * i} for i in range(5)))
+    cards.insert(*({"amount": Decimal("20.00"), "event_time": 60 * i} for i in range(5)))
     at_factor, above = cards.insert(
         {"amount": Decimal("200.00"), "event_time": 600},  # exactly 10x the average: not above
         {"card": "b", "amount": Decimal("20.00"), "event_time": 0},

@@ -216,7 +216,7 @@ def _install_triggers(cur: Any, p: Plan) -> None:
             check = {"insert": f"{P}new", "delete": f"{P}old", "update": f"{P}new"}[event]
             prelude = ""
             if event == "update" and p.shape != "linear":
-                prelude = f"\n    -- recompute shapes read old and new rows as one delta\n"
+                prelude = "\n    -- recompute shapes read old and new rows as one delta\n"
                 stmts = [s.replace(f"{P}oldnew", f"(select * from {P}old union all select * from {P}new)") for s in stmts]
             # EXECUTE plans each statement for the current statistics and batch size: a plan cached
             # while the tables were small would scan them whole forever after.
