@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from alerts.model import Alert, compact, make_alert
+from sentinel.errors import one_line
 
 log = logging.getLogger("alerts")
 
@@ -52,6 +53,17 @@ class Reader(Protocol):
     def read(self, *, limit: int, wait: float) -> Batch | None: ...
     def ack(self, batch: Batch) -> None: ...
     def close(self) -> None: ...
+
+
+#: What RisingWave/Materialize answer when the subscription, view or positions table is not there.
+MISSING_OBJECT = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject, psycopg.errors.InvalidSchemaName,
+                  psycopg.errors.InternalError_)
+
+
+def missing(what: str, exc: BaseException) -> AlertViewMissing:
+    """The one-line error for a reader whose engine objects are not deployed."""
+    return AlertViewMissing(f"{what} or sentinel_alerts.sink_positions is missing ({one_line(exc)}): "
+                            "run `sentinel up` first")
 
 
 def connect(dsn: str, *, application_name: str = "sentinel-alerts") -> psycopg.Connection:
@@ -369,12 +381,9 @@ class RisingWaveReader:
             self.position = self.resume.since_ms
             conn.execute(rw_declare_statement(self.cursor, self.subscription, self.resume.since_ms,
                                               from_now=self.from_now))
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject, psycopg.errors.InvalidSchemaName,
-                psycopg.errors.InternalError_) as exc:
+        except MISSING_OBJECT as exc:
             conn.close()
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise AlertViewMissing(f"the alert subscription {self.subscription} or sentinel_alerts.sink_positions "
-                                   f"is missing ({first}): run `sentinel up` first") from None
+            raise missing(f"the alert subscription {self.subscription}", exc) from None
         self._conn = conn
 
     def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
@@ -492,12 +501,9 @@ class MaterializeReader:
             self.created = self.position is None
             conn.execute(mz_subscribe_statement(self.cursor, self.relation, self.position,
                                                 snapshot=not (self.created and self.from_now)))
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject, psycopg.errors.InvalidSchemaName,
-                psycopg.errors.InternalError_) as exc:
+        except MISSING_OBJECT as exc:
             conn.close()
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise AlertViewMissing(f"the alert view {self.relation} or sentinel_alerts.sink_positions "
-                                   f"is missing ({first}): run `sentinel up` first") from None
+            raise missing(f"the alert view {self.relation}", exc) from None
         self._conn = conn
 
     def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:

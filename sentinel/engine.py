@@ -334,10 +334,10 @@ class EmbeddedEngine:
                 f"{self.pgdata} exists, is not empty and is not a PostgreSQL data directory; "
                 "move it away or choose another SENTINEL_HOME"
             )
-        if self.pgdata.exists():
-            self._check_owner(self.pgdata, account) if not self._as_root else None
-        else:
+        if not self.pgdata.exists():
             self.pgdata.mkdir(mode=0o700)
+        elif not self._as_root:
+            self._check_owner(self.pgdata, account)
         if self._as_root:
             os.chown(self.pgdata, account.pw_uid, account.pw_gid)
 
@@ -371,7 +371,6 @@ class EmbeddedEngine:
             fh.write("\n# Sentinel's settings, rewritten by every `sentinel up`\ninclude_if_exists = 'sentinel.conf'\n")
         self.credentials_file.write_text(json.dumps(creds, indent=2) + "\n")
         self.credentials_file.chmod(0o600)
-        self._passwords_pending = True
 
     def _ensure_database(self) -> None:
         """Create the `sentinel` database on first start (idempotent)."""

@@ -95,21 +95,21 @@ def drop_database(server: Server, name: str) -> None:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
-@pytest.fixture
-def db(engine: Server):
-    """A fresh database with sql/postgres applied; dropped after the test."""
-    database = create_database(engine)
+def _fresh_database(server: Server):
+    database = create_database(server)
     try:
         yield database
     finally:
-        drop_database(engine, database.dbname)
+        drop_database(server, database.dbname)
+
+
+@pytest.fixture
+def db(engine: Server):
+    """A fresh database with sql/postgres applied; dropped after the test."""
+    yield from _fresh_database(engine)
 
 
 @pytest.fixture(scope="module")
 def module_db(engine: Server):
     """Like `db`, shared by a module's tests (for expensive set-up such as `dbt run`)."""
-    database = create_database(engine)
-    try:
-        yield database
-    finally:
-        drop_database(engine, database.dbname)
+    yield from _fresh_database(engine)
