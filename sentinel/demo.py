@@ -23,7 +23,7 @@ CONNECT_HELP = """\
   BI tools: host 127.0.0.1, port {port}, database sentinel, user sentinel_analyst,
             password from `sentinel dsn --role analyst`
   Alerts are appended to {alerts}
-  Change a rule live: eval "$(sentinel dsn --env)"; cd dbt && dbt run --vars '{{high_value_amount: 1000}}'"""
+  Change a rule live: eval "$(sentinel dsn --env)"; cd dbt && dbt run --vars '{{high_value_min_amount: 1000}}'"""
 
 
 class ViewSink(Sink):

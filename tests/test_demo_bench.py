@@ -61,3 +61,16 @@ def test_bench_produces_every_figure(tmp_path):
         assert part in figures and "error" not in figures[part], figures.get(part)
     assert figures["quality"]["rules"] and figures["quality"]["patterns"]
     assert figures["machine"]["cpus"] >= 1
+
+
+def test_demo_help_names_real_dbt_vars():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from sentinel.demo import CONNECT_HELP
+
+    project = yaml.safe_load((Path(__file__).resolve().parent.parent / "dbt" / "dbt_project.yml").read_text())
+    named = re.findall(r"--vars '\{\{(\w+):", CONNECT_HELP)
+    assert named and set(named) <= set(project["vars"])
