@@ -158,7 +158,24 @@ def contiguous_prefix(seqs: list[int], position: int) -> int:
     return len(seqs)
 
 
-class PostgresReader:
+class _ConnectedReader:
+    """What every reader shares: one connection, dropped after a fault and reopened by the next read."""
+
+    _conn: psycopg.Connection | None = None
+
+    def reset(self) -> None:
+        """Drop the connection after a fault; the next read reconnects."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    close = reset
+
+
+class PostgresReader(_ConnectedReader):
     """One sink's reader of sentinel_alerts.change_log, woken by NOTIFY (via `wake`).
 
     Late commits: change-log writers take one advisory lock before their sequence numbers, so
@@ -280,16 +297,6 @@ class PostgresReader:
         except psycopg.Error:
             return None
 
-    def reset(self) -> None:
-        """Drop the connection after a fault; the next read reconnects."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
-
-    close = reset
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +360,7 @@ def decode_rw_row(columns: list[str], row: tuple[Any, ...]) -> tuple[int, str, d
     return rw_ts, RW_OPS[raw_op], values
 
 
-class RisingWaveReader:
+class RisingWaveReader(_ConnectedReader):
     """One sink's reader of the `flagged_transactions` subscription; the position is an rw_timestamp.
 
     After a restart the cursor is declared SINCE the stored rw_timestamp; that bound is inclusive,
@@ -414,15 +421,6 @@ class RisingWaveReader:
         self.position = self.resume.since_ms
         self.delivered += len(batch.alerts)
 
-    def reset(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
-
-    close = reset
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,7 +475,7 @@ def split_at_frontier(updates: list[tuple[int, str, dict[str, Any]]], frontier: 
     return [u for u in updates if u[0] < frontier], [u for u in updates if u[0] >= frontier]
 
 
-class MaterializeReader:
+class MaterializeReader(_ConnectedReader):
     """One sink's SUBSCRIBE to the alert view; the position is a complete mz_timestamp frontier."""
 
     def __init__(self, dsn: str, sink: str, kind: str, *, from_now: bool = False,
@@ -536,13 +534,8 @@ class MaterializeReader:
         self.delivered += len(batch.alerts)
 
     def reset(self) -> None:
-        self._pending = []
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        self._pending = []  # SUBSCRIBE restarts from the stored position: buffered updates come again
+        super().reset()
 
     close = reset
 
