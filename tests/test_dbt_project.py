@@ -187,5 +187,10 @@ def test_dbt_run_and_dbt_test_pass_on_postgres(db, tmp_path):
             "select txn_id from fraud.flagged_transactions where rule = 'impossible_travel'").fetchone()
     assert travel == "late-t"
     assert any("UNIQUE" in d and "(txn_id, rule)" in d for d in indexes), indexes
+    with psycopg.connect(db.dsn) as conn:
+        on_card = [d for (d,) in conn.execute(
+            "select indexdef from pg_indexes where schemaname = 'fraud' and tablename = 'card_activity'")]
+    # the materialization's unique key serves the configured one: no second copy to maintain
+    assert len(on_card) == 1 and "UNIQUE" in on_card[0] and "(card_id)" in on_card[0], on_card
     for name in INTERMEDIATE + MARTS:
         assert relkinds.get(name) == "r", (name, relkinds.get(name))  # a table, never a view

@@ -57,6 +57,30 @@ class SentinelAdapter(PostgresAdapter):
             raise DbtRuntimeError(str(e)) from None
         return result.message()
 
+    @available
+    def sentinel_index_covered(self, relation: Any, index: dict) -> bool:
+        """True when an index the materialization made already serves `index` (a dbt index config).
+
+        It does when its leading columns are the requested ones and, for a unique request, it is
+        unique on exactly them. A second copy would only slow every maintained write down.
+        """
+        cols = [index["columns"]] if isinstance(index.get("columns"), str) else list(index.get("columns") or [])
+        if not cols or index.get("type") not in (None, "btree"):
+            return False
+        conn = self.connections.get_thread_connection()
+        with conn.handle.cursor() as cur:
+            cur.execute(
+                "select i.indisunique, array(select a.attname::text from unnest(i.indkey) with ordinality k(n, o) "
+                "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.n order by k.o) "
+                "from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am am on am.oid = c.relam "
+                "where i.indrelid = to_regclass(%s) and am.amname = 'btree' and i.indexprs is null "
+                "and i.indpred is null and i.indisvalid",
+                (f'"{relation.schema}"."{relation.identifier}"',))
+            existing = cur.fetchall()
+        want_unique = bool(index.get("unique"))
+        return any(list(have[:len(cols)]) == cols and (not want_unique or (unique and len(have) == len(cols)))
+                   for unique, have in existing)
+
 
 Plugin = AdapterPlugin(
     adapter=SentinelAdapter,  # type: ignore[arg-type]

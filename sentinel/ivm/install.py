@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.ivm.planner import IvmUnsupported, P, Plan, _cols, _match, _numbered, _q, _qi, plan
+from sentinel.ivm.planner import Branch, IvmUnsupported, P, Plan, Step, _cols, _match, _numbered, _q, _qi, plan
 
 EVENTS = {"insert": "i", "delete": "d", "update": "u"}
 
@@ -217,13 +217,15 @@ def _install_triggers(cur: Any, p: Plan) -> None:
             prelude = ""
             if event == "update" and p.shape != "linear":
                 prelude = "\n    -- recompute shapes read old and new rows as one delta\n"
-                stmts = [s.replace(f"{P}oldnew", f"(select * from {P}old union all select * from {P}new)") for s in stmts]
+                both = f"(select * from {P}old union all select * from {P}new)"
+                stmts = _map_steps(stmts, lambda s: s.replace(f"{P}oldnew", both))
             # EXECUTE plans each statement for the current statistics and batch size: a plan cached
             # while the tables were small would scan them whole forever after.
-            body = "\n".join(_plpgsql(s.strip()) for s in stmts)
+            body = _plpgsql(stmts)
             cur.execute(
                 f"create or replace function {fn}() returns trigger\n"
                 f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
+                f"declare {P}test boolean;\n"
                 f"begin{prelude}\n"
                 f"    if not exists (select from {check}) then return null; end if;\n"
                 f"    perform sentinel_ivm.lock();\n{body}\n    return null;\nend\n$ivm$")
@@ -236,13 +238,33 @@ def _install_triggers(cur: Any, p: Plan) -> None:
                         f"for each statement execute function {fn}()")
 
 
-def _plpgsql(stmt: str) -> str:
-    """One statement of a trigger function: planned on each call; temp tables created once per session."""
+def _map_steps(steps: list[Step], fn) -> list[Step]:
+    return [Branch(fn(s.test), _map_steps(s.then, fn), _map_steps(s.otherwise, fn)) if isinstance(s, Branch)
+            else fn(s) for s in steps]
+
+
+def _plpgsql(steps: list[Step], indent: str = "    ") -> str:
+    """A trigger function's body: each statement planned on each call; temp tables created once per session."""
     head = "create temp table if not exists "
-    if stmt.startswith(head):
-        name = stmt[len(head):].split(" ", 1)[0]
-        return (f"    if to_regclass({_dollar('pg_temp.' + name)}) is null then execute {_dollar(stmt)}; end if;")
-    return f"    execute {_dollar(stmt)};"
+    lines = []
+    for step in steps:
+        if isinstance(step, Branch):
+            lines.append(f"{indent}execute {_dollar(step.test)} into {P}test;")
+            lines.append(f"{indent}if {P}test then")
+            lines.append(_plpgsql(step.then, indent + "    ") or f"{indent}    null;")
+            if step.otherwise:
+                lines.append(f"{indent}else")
+                lines.append(_plpgsql(step.otherwise, indent + "    "))
+            lines.append(f"{indent}end if;")
+            continue
+        stmt = step.strip()
+        if stmt.startswith(head):
+            name = stmt[len(head):].split(" ", 1)[0]
+            lines.append(f"{indent}if to_regclass({_dollar('pg_temp.' + name)}) is null then "
+                         f"execute {_dollar(stmt)}; end if;")
+        else:
+            lines.append(f"{indent}execute {_dollar(stmt)};")
+    return "\n".join(lines)
 
 
 def _dollar(text: str) -> str:

@@ -16,7 +16,7 @@ import sqlglot
 from sqlglot import exp
 
 DIALECT = "postgres"
-PLAN_VERSION = "8"
+PLAN_VERSION = "9"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -40,6 +40,18 @@ class IvmUnsupported(Exception):
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A step of a trigger body taken only when `test` (a select of one boolean) is true."""
+
+    test: str
+    then: list
+    otherwise: list = field(default_factory=list)
+
+
+Step = str | Branch
 
 
 @dataclass(frozen=True)
@@ -67,8 +79,8 @@ class Plan:
     _tree: exp.Expression | None = None
     _info: dict = field(default_factory=dict)
 
-    def statements(self, relation: str, event: str) -> list[str]:
-        """SQL a trigger on `relation` runs for `event` ('insert'|'delete'|'update').
+    def statements(self, relation: str, event: str) -> list[Step]:
+        """SQL a trigger on `relation` runs for `event` ('insert'|'delete'|'update'), in order.
 
         The transition tables are visible as `__ivm_new` and `__ivm_old`.
         """
@@ -96,7 +108,7 @@ class Plan:
         return _multiset_delete(self.relation, self.columns, self.locator, q)
 
     # ----- window -------------------------------------------------------------------------
-    def _window_recompute(self, relation: str, delta: str) -> list[str]:
+    def _window_recompute(self, relation: str, delta: str) -> list[Step]:
         info = self._info
         tree: exp.Select = self._tree.copy()
         ctes = _pop_ctes(tree)
@@ -127,16 +139,20 @@ class Plan:
         out.append(_cte(P + "keys", sqlglot.parse_one(
             f"select {sel}, min({t_sql}) as {P}t0 from {d_src.sql(DIALECT)} {wh} "
             f"group by {', '.join(str(i + 1) for i in range(len(kcols)))}", read=DIALECT)))
-        keys_prefix = "with " + ",\n".join(c.sql(DIALECT) for c in out)
+        keys_query = "with " + ",\n".join(c.sql(DIALECT) for c in out[:-1]) + "\n" if out[:-1] else ""
+        keys_query += out[-1].this.sql(DIALECT)
+        # Session temp tables (one set per model and column layout): the affected keys, the
+        # recomputed rows from each key's t0 on, and the model's current rows there.
+        tag = hashlib.sha256("\x00".join([self.fingerprint, *self.columns]).encode()).hexdigest()[:16]
+        k_tab, f_tab, o_tab = (f"pg_temp.{_qi(P + x + '_' + tag)}" for x in "kfo")
         # 2. the lower bound of the inputs each key's recomputation reads
         o_src = _as_alias(src.copy(), alias).sql(DIALECT)
         key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(keys_sql, kcols))
         extra = f" and ({where.this.sql(DIALECT)})" if where else ""
         lbs: list[Lookback] = info["lookbacks"]
         base = f"{P}kk.{P}t0"
-        key_min = f"(select min({t_sql}) from {o_src} where {key_match}{extra})"
         if any(x.unbounded for x in lbs):
-            base = f"least({base}, {key_min})"
+            since = ""  # the key's whole history
         else:
             for x in reversed(lbs[1:]):  # outer windows first: each reads the inner one's output from base
                 if x.interval:
@@ -146,65 +162,73 @@ class Plan:
             if inner.interval:
                 bounds.append(f"({base}) - {inner.interval}")
             if inner.rows:
+                # the earliest of the key's last `rows` rows before base: one backward index scan
+                # (fewer rows: the key's first; none: null, which least() ignores)
                 bounds.append(
-                    f"coalesce((select {t_sql} from {o_src} where {key_match}{extra} and {t_sql} < ({base})"
-                    f" order by {t_sql} desc offset {inner.rows - 1} limit 1), {key_min})")
-            base = f"least({', '.join(bounds)})"
-        bounds_cte = (_cte(P + "bounds", sqlglot.parse_one(
-            f"select {P}kk.*, {base} as {P}lb from {P}keys as {P}kk", read=DIALECT)))
+                    f"(select min({P}p.{P}t) from (select {t_sql} as {P}t from {o_src} where {key_match}{extra} "
+                    f"and {t_sql} < ({base}) order by {t_sql} desc limit {inner.rows}) as {P}p)")
+            since = f" and {t_sql} >= least({', '.join(bounds)})"
         # 3. the model, its window input restricted to the affected keys from their lower bound
-        restricted = sqlglot.parse_one(
-            f"select {_qi(alias)}.* from {P}bounds as {P}kk cross join lateral "
-            f"(select * from {o_src} where {key_match} and {t_sql} >= {P}kk.{P}lb) as {_qi(alias)}",
-            read=DIALECT)
+        top1 = info.get("top1")
+        if top1 and delta == f"{P}new":
+            # First row per key over appended rows: the new first is among the current first (the
+            # model's row) and the new rows, so the key's history is never read.
+            need = _cols(top1)
+            current = " and ".join(f"{P}m.{_qi(c)} = {P}kk.{k}" for c, k in zip(info["out_keys"], kcols))
+            restricted = sqlglot.parse_one(
+                f"select {need} from {d_src.sql(DIALECT)} union all "
+                f"select {_cols(top1, P + 'x')} from {k_tab} as {P}kk cross join lateral "
+                f"(select {_cols(top1, P + 'm')} from {_q(self.relation)} as {P}m where {current} offset 0) as {P}x",
+                read=DIALECT)
+        else:
+            # `offset 0` keeps each lateral read a per-key index scan: flattened into a join, the
+            # planner may hash the whole input instead, a cost that grows with history.
+            restricted = sqlglot.parse_one(
+                f"select {_qi(alias)}.* from {k_tab} as {P}kk cross join lateral "
+                f"(select * from {o_src} where {key_match}{since} offset 0) as {_qi(alias)}",
+                read=DIALECT)
         scope.args["from_"].set("this", exp.Subquery(this=restricted, alias=exp.TableAlias(this=exp.to_identifier(alias))))
-        for i, cte in enumerate(ctes):
-            if i == cut:
-                out.append(bounds_cte)
+        body = []
+        for cte in ctes:
             if cte.alias in reach:
                 cte.set("materialized", False)
-            out.append(cte)
-        if cut == len(ctes):
-            out.append(bounds_cte)
+            body.append(cte)
         out_keys = info["out_keys"]
         out_t = info["out_order"]
-        fresh_filter = " and ".join(
+        since_t0 = " and ".join(
             [f"{P}f.{_qi(c)} = {P}kk.{k}" for c, k in zip(out_keys, kcols)]
             + [f"{P}f.{_qi(out_t)} >= {P}kk.{P}t0"])
-        out.append(_cte(P + "fresh", sqlglot.parse_one(
-            f"select {P}f.* from ({tree.sql(DIALECT)}) as {P}f where exists "
-            f"(select from {P}keys as {P}kk where {fresh_filter})", read=DIALECT)))
-        old_filter = " and ".join(
-            [f"{P}m.{_qi(c)} = {P}kk.{k}" for c, k in zip(out_keys, kcols)]
-            + [f"{P}m.{_qi(out_t)} >= {P}kk.{P}t0"])
-        prefix = "with " + ",\n".join(c.sql(DIALECT) for c in out)
-        # The recomputed rows go to a session temp table once, then two statements (delete, then
-        # insert: downstream triggers see each kind separately) diff them against the table.
-        tmp = "pg_temp." + _qi(f"{P}f_{self.fingerprint[:16]}")
-        old = f"select {P}m.* from {_q(self.relation)} as {P}m join {P}keys as {P}kk on {old_filter}"
-        old_ctid = f"select {P}m.ctid as {P}ctid, {P}m.* from {_q(self.relation)} as {P}m join {P}keys as {P}kk on {old_filter}"
+        if top1 and delta == f"{P}new":
+            body = out[:-1] + body  # the new rows of the window's input
+        prefix = ("with " + ",\n".join(c.sql(DIALECT) for c in body) + "\n") if body else ""
         cols = self.columns
-        fresh_filter_t = fresh_filter.replace(f"{P}f.", "f.")
-        fresh_n = (f"{P}fresh_n as (select {_numbered(cols, 'f')} "
-                   f"from {tmp} as f where exists (select from {P}keys as {P}kk where {fresh_filter_t}))")
-        create = (f"create temp table if not exists {_qi(f'{P}f_{self.fingerprint[:16]}')} "
-                  f"(like {_q(self.relation)}) on commit delete rows")
-        clear = f"delete from {tmp}"
-        # all recomputed rows of the affected keys; those before t0 are dropped when diffing (the
-        # temp table's size-based estimate makes that a hash join, not a nested loop over keys)
-        fill = f"{prefix}\ninsert into {tmp} {tree.sql(DIALECT)}"
-        delete = (
-            f"{keys_prefix},\n{P}old_n as (select {_numbered(cols, 'o')} from ({old_ctid}) as o),\n"
-            f"{fresh_n}\n"
-            f"delete from {_q(self.relation)} as {P}t using {P}old_n as o\n"
-            f"where {P}t.ctid = o.{P}ctid and not exists (select from {P}fresh_n as f where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
-        insert = (
-            f"{keys_prefix},\n{P}old_n as (select {_numbered(cols, 'o')} from ({old}) as o),\n"
-            f"{fresh_n}\n"
-            f"insert into {_q(self.relation)} ({_cols(cols)})\n"
-            f"select {_cols(cols, 'f')} from {P}fresh_n as f\n"
-            f"where not exists (select from {P}old_n as o where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
-        return [create, clear, fill, delete, insert, clear]
+        # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change)
+        fill = (f"{prefix}insert into {f_tab} select {P}f.* from ({tree.sql(DIALECT)}) as {P}f "
+                f"where exists (select from {k_tab} as {P}kk where {since_t0})")
+        old = (f"insert into {o_tab} select {P}x.* from {k_tab} as {P}kk cross join lateral "
+               f"(select {P}f.ctid, {P}f.* from {_q(self.relation)} as {P}f where {since_t0} offset 0) as {P}x")
+        numbered = (f"with {P}old_n as (select {_numbered(cols, 'o')} from {o_tab} as o),\n"
+                    f"{P}fresh_n as (select {_numbered(cols, 'f')} from {f_tab} as f)\n")
+        # Two statements, delete then insert: downstream triggers see each kind separately.
+        delete = (f"{numbered}delete from {_q(self.relation)} as {P}t using {P}old_n as o\n"
+                  f"where {P}t.ctid = o.{P}ctid and not exists "
+                  f"(select from {P}fresh_n as f where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
+        insert = (f"{numbered}insert into {_q(self.relation)} ({_cols(cols)})\n"
+                  f"select {_cols(cols, 'f')} from {P}fresh_n as f\n"
+                  f"where not exists (select from {P}old_n as o where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
+        return [
+            _create_temp(k_tab, keys_query),
+            _create_temp(f_tab, f"select * from {_q(self.relation)}"),
+            _create_temp(o_tab, f"select ctid as {P}ctid, * from {_q(self.relation)}"),
+            f"insert into {k_tab} {keys_query}",
+            fill,
+            old,
+            # in-order input leaves no model rows at or after t0: the fresh rows are the whole change
+            Branch(f"select exists (select from {o_tab})", [delete, insert],
+                   [Branch(f"select exists (select from {f_tab})", [
+                       f"insert into {_q(self.relation)} ({_cols(cols)}) select {_cols(cols)} from {f_tab}"])]),
+            f"delete from {k_tab}", f"delete from {f_tab}", f"delete from {o_tab}",
+        ]
 
     # ----- aggregate ----------------------------------------------------------------------
     def _aggregate_merge(self, relation: str, delta: str) -> str:
@@ -401,7 +425,41 @@ def _plan_window(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
     p.locator = list(keys) + [order.name]
     p._info = dict(scope=scope_names[0], scopes=scope_names, keys=[exp.column(k) for k in keys],
                    order=_unqualify(order), lookbacks=[per_scope[n] for n in scope_names],
-                   out_keys=list(keys), out_order=order.name)
+                   out_keys=list(keys), out_order=order.name,
+                   top1=_first_row_columns(tree, ctes, scope_names, windows, out))
+
+
+def _first_row_columns(tree: exp.Select, ctes: dict, scope_names: list[str], windows: list[exp.Window],
+                       out: list[str]) -> list[str] | None:
+    """The window input's columns, when the model keeps the first row per key and passes them on.
+
+    The shape: a CTE numbering rows with row_number() only, read by the final select that keeps
+    `rank = 1` and outputs, unchanged, every column the CTE reads. Then the model's own rows are
+    each key's current first row, and appended input can only replace them.
+    """
+    if len(scope_names) != 1 or not scope_names[0]:
+        return None
+    name = scope_names[0]
+    scope = ctes[name]
+    if any(w.this.sql_name().lower() != "row_number" for w in windows) or scope.args.get("joins"):
+        return None
+    frm = tree.args.get("from_")
+    if tree.args.get("joins") or frm is None or not isinstance(frm.this, exp.Table) or frm.this.name != name:
+        return None
+    ranks = [x.alias for x in scope.expressions if isinstance(x, exp.Alias) and isinstance(x.this, exp.Window)]
+    where = tree.args.get("where")
+    cond = where.this if where else None
+    if not (len(ranks) == 1 and isinstance(cond, (exp.EQ, exp.LTE)) and isinstance(cond.this, exp.Column)
+            and cond.this.name == ranks[0] and isinstance(cond.expression, exp.Literal)
+            and cond.expression.this == "1"):
+        return None
+    if not all(isinstance(x, exp.Column) for x in tree.expressions):
+        return None
+    passed = {x.name for x in scope.expressions if isinstance(x, exp.Column)}
+    read = sorted({c.name for c in scope.find_all(exp.Column)} - set(ranks))
+    if not set(read) <= passed or not set(read) <= set(out):
+        return None
+    return read
 
 
 def _lookback(w: exp.Window, fname: str, model: str, text: str) -> Lookback:
@@ -563,6 +621,12 @@ def _derive(tree: exp.Expression, rel: str, delta: str) -> str:
             alias = t_.alias_or_name
             t_.replace(exp.Table(this=exp.to_identifier(delta), alias=exp.TableAlias(this=exp.to_identifier(alias))))
     return t.sql(DIALECT)
+
+
+def _create_temp(name: str, query: str) -> str:
+    """A session temp table shaped like `query`'s result, emptied at commit."""
+    name = name.removeprefix("pg_temp.")
+    return f"create temp table if not exists {name} on commit delete rows as {query} with no data"
 
 
 def _pop_ctes(tree: exp.Expression) -> list[exp.CTE]:

@@ -12,7 +12,12 @@
         select {{ dbt.string_literal('sentinel ivm: ' ~ message) }} as status
     {%- endcall %}
     {%- if message.startswith('created') or message.startswith('recreated') -%}
-        {% do create_indexes(target_relation) %}
+        {#- dbt's create_indexes, skipping those the materialization's own indexes already serve -#}
+        {%- for index in config.get('indexes', default=[]) -%}
+            {%- if not adapter.sentinel_index_covered(target_relation, index) -%}
+                {% do run_query(get_create_index_sql(target_relation, index)) %}
+            {%- endif -%}
+        {%- endfor -%}
     {%- endif -%}
     {% do apply_grants(target_relation, config.get('grants'), should_revoke=True) %}
     {% do persist_docs(target_relation, model) %}
