@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,12 +33,15 @@ from sentinel.console import console, out
 from sentinel.deploy import run_dbt
 
 
-def ingest(dsn: str, *, seed: int, rows: int, batch: int, cards: int, after: object = None) -> tuple[float, float]:
-    """Generate and write `rows` through the loader; (rows/s, mean ms per batch)."""
-    config = GeneratorConfig(seed=seed, count=rows, cards=cards,
-                             start=after + timedelta(seconds=1) if after is not None else None)
-    summary = load(generate(config), Writer(dsn, batch_rows=batch, batch_ms=60_000))
+def ingest(dsn: str, rows: Iterator[tuple], *, batch: int) -> tuple[float, float]:
+    """Write `rows` (a generator stream) through the loader; (rows/s, mean ms per batch)."""
+    summary = load(rows, Writer(dsn, batch_rows=batch, batch_ms=60_000))
     return summary.rows_per_s, 1000 * summary.elapsed_s / max(summary.batches, 1)
+
+
+def stream(seed: int, count: int, cards: int, after: object = None) -> Iterator[tuple]:
+    return generate(GeneratorConfig(seed=seed, count=count, cards=cards,
+                                    start=after + timedelta(seconds=1) if after is not None else None))
 
 
 def latest_event(dsn: str):
@@ -90,18 +95,20 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             conn.execute("create schema bench_raw")
             conn.execute(f"create table {RAW_TABLE} (like fraud.transactions including all)")
             raw_rate = baseline(conn, list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards))))
-        empty_rate, empty_batch_ms = ingest(dsn, seed=2, rows=args.rows, batch=args.batch, cards=args.cards)
+        empty_rate, empty_batch_ms = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch)
         figures.update(raw_copy_rows_per_s=round(raw_rate), models_rows_per_s_empty=round(empty_rate),
                        models_vs_raw=round(empty_rate / raw_rate, 2), batch_ms_mean_empty=round(empty_batch_ms, 1))
         console.print(f"raw COPY {raw_rate:,.0f} rows/s; loader with every model {empty_rate:,.0f} rows/s "
                       f"({empty_rate / raw_rate:.2f}x)")
         if args.history:
+            # One stream: the timed rows continue the history's cards (a seed has its own cards),
+            # so each card's windows and first uses meet its own past, as in production.
             console.print(f"loading {args.history:,} rows of history ...")
-            ingest(dsn, seed=3, rows=args.history, batch=args.batch * 10, cards=args.cards, after=latest_event(dsn))
+            rows = stream(3, args.history + args.rows, args.cards, after=latest_event(dsn))
+            ingest(dsn, itertools.islice(rows, args.history), batch=args.batch * 10)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
-            hist_rate, hist_batch_ms = ingest(dsn, seed=4, rows=args.rows, batch=args.batch, cards=args.cards,
-                                              after=latest_event(dsn))
+            hist_rate, hist_batch_ms = ingest(dsn, rows, batch=args.batch)
             with psycopg.connect(dsn) as conn:
                 n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
             figures.update(history_rows=n, models_rows_per_s_history=round(hist_rate),
