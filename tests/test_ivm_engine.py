@@ -150,3 +150,20 @@ def test_unsupported_shapes_name_the_construct(deployed, sql, construct):
         with pytest.raises(IvmUnsupported, match="(?i)" + construct) as e:
             deploy_model(conn.cursor(), model="bad_model", relation="ivm_test.bad_model", sql=sql)
         assert "bad_model" in str(e.value)
+
+
+def test_first_row_per_key_reads_the_model_not_the_history():
+    """The first-row shape is recognised (its triggers never read a key's history); near misses are not."""
+    from sentinel.ivm import plan
+    from tests.fixtures.ivm_models import MODELS
+
+    def top1(sql: str):
+        return plan(sql.replace("{db}", "x"), model="m", relation="ivm_test.m")._info["top1"]
+
+    first = MODELS["first_use"][1]
+    assert top1(first) == ["amount", "card_id", "event_time", "txn_id"]
+    assert top1(first.replace("use_number = 1", "use_number <= 1")) is not None
+    assert top1(first.replace("use_number = 1", "use_number = 2")) is None  # the second use needs history
+    assert top1(first.replace("select txn_id, card_id, amount, event_time\nfrom numbered",
+                              "select txn_id, card_id, event_time\nfrom numbered")) is None  # amount not kept
+    assert top1(MODELS["travel"][1]) is None
