@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from loader.generator import DEFAULT_SHARES, SCENARIOS, GeneratorConfig, generate_with_lines
+from loader.generator import DEFAULT_SHARES, SCENARIOS, GeneratorConfig, generate_batches
 from loader.load import LoadSummary, Progress, load as run_load
 from loader.replay import Rejects, ReplayError, parse_map, replay
 from loader.schema import RowError, parse_time
@@ -133,7 +133,7 @@ def load(
 
     extra: dict = {}
     rejects_sink: Rejects | None = None
-    with_lines = False
+    batched = False
     try:
         if source is not None:
             rejects_path = rejects or source.with_name(source.name + ".rejects.ndjson")
@@ -154,8 +154,8 @@ def load(
                 shares=parse_shares(shares, fraud_share), late_share=late_share,
                 max_delay_s=max_delay, cards=cards,
             )
-            rows = generate_with_lines(config)  # most rows come already formatted for COPY
-            with_lines = True
+            rows = generate_batches(config)  # lists of rows, most already formatted for COPY
+            batched = True
             extra.update(source="generator", seed=seed)
     except (ReplayError, RowError, ValueError) as exc:
         raise LoadError(str(exc)) from None
@@ -199,7 +199,7 @@ def load(
 
         try:
             summary = run_load(rows, writer, rate=rate, speedup=speedup, duration_s=duration,
-                               rejects=rejects_sink, progress=progress, with_lines=with_lines)
+                               rejects=rejects_sink, progress=progress, batched=batched)
         except WriterError as exc:
             raise LoadError(f"{exc}; rows already sent are in the database") from None
         except (ReplayError, ValueError) as exc:

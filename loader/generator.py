@@ -18,17 +18,18 @@ import heapq
 import math
 import random
 import re
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from itertools import repeat
 
 import numpy as np
 from faker import Faker
 from faker.providers.geo import Provider as GeoProvider
 
 from loader.schema import FRAUD_PATTERNS, LOOKALIKE_PATTERNS
+from loader.writer import TIMESTAMP_FORMAT, second_text, timestamp_text
 
 SCENARIOS = FRAUD_PATTERNS + LOOKALIKE_PATTERNS
 # Share of all transactions that belong to each scenario (fraud ~1.2 %, look-alikes ~0.8 %).
@@ -225,18 +226,40 @@ class World:
         self.card_city = rng.choice(n_cities, size=n_cards, p=self.home_city_weights).astype(np.int32)
         self.card_scale = np.exp(rng.normal(0.0, 0.35, size=n_cards)).astype(np.float32)
         self.device_salt = int(rng.integers(0, 2**40))
-        self.card_prefix = f"c{seed % 1000:03d}"
+        self.card_format = f"c{seed % 1000:03d}-%08d"
+        # A normal purchase as COPY text from card_id to device_id, tab-led and tab-ended: the
+        # fields of `all_copy_head` and `all_copy_place` and the ids in their own formats.
+        self.copy_body_format = (
+            f"\t{self.card_format}\t{CUSTOMER_FORMAT}\t%s\t{AMOUNT_FORMAT}\tUSD\t%s\t{DEVICE_FORMAT}\t"
+        )
+
+    # Each id has one %-format, for one card (`card_id`...: rows of episodes) and for a chunk of
+    # normal purchases (`Generator._bodies`); the numbers are computed by expressions valid for
+    # an int and for a numpy int64 array alike.
 
     def card_id(self, card: int) -> str:
-        return f"{self.card_prefix}-{card:08d}"
+        return self.card_format % card
 
     def customer_id(self, card: int) -> str:
-        # Every fifth customer holds two cards.
-        return f"cu-{card * 4 // 5:08d}"
+        return CUSTOMER_FORMAT % _customer_number(card)
 
     def device_id(self, card: int) -> str:
-        # A bijection of the card number, so two cards never share a device.
-        return f"dev-{((card * 0x9E3779B1) ^ self.device_salt) & 0xFFFFFFFFFF:010x}"
+        return DEVICE_FORMAT % self.device_number(card)
+
+    def device_number(self, card):
+        # A bijection of the card number, so two cards never share a device. In int64 for
+        # arrays: MAX_CARDS * 0x9E3779B1 < 2**63.
+        return ((card * 0x9E3779B1) ^ self.device_salt) & 0xFFFFFFFFFF
+
+
+CUSTOMER_FORMAT = "cu-%08d"
+DEVICE_FORMAT = "dev-%010x"
+AMOUNT_FORMAT = "%.2f"  # a float amount to whole cents, as text and as Decimal(text)
+
+
+def _customer_number(card):
+    # Every fifth customer holds two cards.
+    return card * 4 // 5
 
 
 _UTC = timezone.utc
@@ -247,7 +270,27 @@ def _fmt_time(t: float) -> datetime:
 
 
 def _money(x: float) -> Decimal:
-    return Decimal(f"{x:.2f}")
+    return Decimal(AMOUNT_FORMAT % x)
+
+
+# A normal purchase's COPY text after its event time: is_fraud false, no pattern.
+NORMAL_TAIL = "\tf\t\\N"
+
+
+def _tails(times: np.ndarray) -> list[str]:
+    """A chunk's event times as COPY text with the rest of a normal purchase's line.
+
+    The text takes the second and microsecond that datetime.fromtimestamp rounds to (what the
+    row tuple holds), computed in numpy by CPython's own arithmetic (modf, times 1e6, round half
+    to even, carry), so that the two always agree (tested).
+    """
+    whole = np.trunc(times)
+    micro = np.rint((times - whole) * 1e6)
+    carry = np.where(micro >= 1e6, 1.0, 0.0) - np.where(micro < 0, 1.0, 0.0)  # into the next/last second
+    seconds = (whole + carry).astype(np.int64).tolist()
+    micros = (micro - carry * 1e6).astype(np.int64).tolist()
+    texts = {second: second_text(second) for second in set(seconds)}
+    return list(map((TIMESTAMP_FORMAT + NORMAL_TAIL).__mod__, zip(map(texts.__getitem__, seconds), micros)))
 
 
 class Generator:
@@ -272,7 +315,7 @@ class Generator:
         self.busy_until: dict[int, float] = {}  # cards in an episode, kept out of normal traffic
         self.heap: list[tuple[float, int, tuple]] = []
         self.seq = 0
-        self.txn_prefix = f"t{config.seed:x}-"
+        self.txn_format = f"t{config.seed:x}-%010d"
         if config.paced:
             start = config.start.timestamp() if config.start else wall_start
             self.clock = float(start if start is not None else datetime.now(timezone.utc).timestamp())
@@ -288,14 +331,18 @@ class Generator:
         starts = np.array([shares[k] / mean_events[k] for k in self.scenario_names])
         self.scenario_cum = np.cumsum(starts).tolist() if len(starts) else []
         self.p_episode = self.scenario_cum[-1] if self.scenario_cum else 0.0
-        self._chunk_i = CHUNK
         self._used: list[int] = []  # cards of normal rows made since the last chunk
         self._heap_seq = 0
 
     # -- numpy chunks -----------------------------------------------------------------------
 
-    def _refill(self) -> None:
-        """Draw the next CHUNK normal transactions at once (numpy); the loop only assembles tuples."""
+    def _refill(self, copy_lines: bool) -> None:
+        """Draw the next CHUNK normal purchases at once (numpy) and make their fields in bulk.
+
+        All but the txn_id (numbered in stream order) and, when paced, the event time (the
+        clock ticks per delivered row) is made here, a chunk at a time, by map() and zip():
+        the loop in `batches` only adds those to each row.
+        """
         g = self.rng
         w = self.world
         if self._used:
@@ -324,14 +371,43 @@ class Generator:
         amount = np.where(u_chan >= 0.95, 20.0 * (1 + np.floor(u_misc * 15)), amount)
         self._card = cards.tolist()
         self._merchant = merchant.tolist()
-        self._amount = [f"{a:.2f}" for a in amount.tolist()]
+        self._amount = amount.tolist()
         self._u_ep = g.random(CHUNK).tolist()
         self._u_late = g.random(CHUNK).tolist()
+        self._body = self._bodies(cards, self._merchant, self._amount, copy_lines)
+        self._times = self._tail = None
         if not self.config.paced:
             hour = int(self.clock // 3600.0) % 24
             gaps = g.exponential(1.0 / (self.config.sim_rate * HOURLY_RHYTHM[hour]), size=CHUNK)
-            self._times = (self.clock + np.cumsum(gaps)).tolist()
-        self._chunk_i = 0
+            times = self.clock + np.cumsum(gaps)
+            self._times = times.tolist()
+            if copy_lines:
+                self._tail = _tails(times)
+            else:
+                self._tail = list(map(datetime.fromtimestamp, self._times, repeat(_UTC)))
+
+    def _bodies(self, cards: np.ndarray, merchants: list[int], amounts: list[float],
+                copy_lines: bool) -> list[tuple] | list[str]:
+        """Normal purchases' fields from card_id to device_id: a tuple each, or with
+        `copy_lines` their COPY text (`World.copy_body_format`)."""
+        w = self.world
+        customers = _customer_number(cards).tolist()
+        devices = w.device_number(cards).tolist()
+        cards = cards.tolist()
+
+        def column(values: list) -> Iterator:
+            return map(values.__getitem__, merchants)
+
+        if copy_lines:
+            return list(map(w.copy_body_format.__mod__, zip(
+                cards, customers, column(w.all_copy_head), amounts, column(w.all_copy_place), devices,
+            )))
+        return list(zip(
+            map(w.card_format.__mod__, cards), map(CUSTOMER_FORMAT.__mod__, customers),
+            column(w.all_id), column(w.all_cat), map(Decimal, map(AMOUNT_FORMAT.__mod__, amounts)), repeat("USD"),
+            column(w.all_channel), column(w.all_country), column(w.all_lat), column(w.all_lon),
+            map(DEVICE_FORMAT.__mod__, devices),
+        ))
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -354,7 +430,7 @@ class Generator:
         w = self.world
         self.seq += 1
         return (
-            f"{self.txn_prefix}{self.seq:010d}",
+            self.txn_format % self.seq,
             w.card_id(card),
             w.customer_id(card),
             merchant_id,
@@ -388,80 +464,18 @@ class Generator:
             w.merchant_lat[m], w.merchant_lon[m], **labels,
         )
 
-    def _make_normal(self, with_lines: bool):
-        """The hot path, as a closure over locals: one legitimate transaction at t from chunk index i.
-
-        With `with_lines` it also leaves the row's COPY text line in `self._line` (what
-        `loader.writer.format_copy_text` would make of the row, built from pre-formatted parts).
-        """
+    def _other_card(self, t: float, i: int, copy_lines: bool) -> tuple[int, tuple | str]:
+        """Chunk row i's card is in an episode: another card makes the same kind of purchase near
+        its own home. (card, body as `_bodies` makes it); rare, so one at a time."""
         w = self.world
-        busy_until = self.busy_until
-        used = self._used
-        r = self.r
-        n_cards = w.n_cards
-        card_city = w.card_city
-        all_id, all_cat, all_channel = w.all_id, w.all_cat, w.all_channel
-        all_country, all_lat, all_lon = w.all_country, w.all_lat, w.all_lon
-        card_prefix = w.card_prefix + "-"
-        salt = w.device_salt
-        txn_prefix = self.txn_prefix
-        fromtimestamp = datetime.fromtimestamp
-        utc = _UTC
-        per_city = MERCHANTS_PER_CITY
-        copy_head, copy_place = w.all_copy_head, w.all_copy_place
-        seconds: dict[int, str] = {}
-        strftime, gmtime = time.strftime, time.gmtime
-
-        def normal(t: float, i: int) -> tuple:
-            card = self._card[i]
-            m = self._merchant[i]
-            if card in busy_until and busy_until[card] > t:
-                # the card is in an episode: another card, same kind of purchase near its own home
-                for _ in range(8):
-                    card = r.randrange(n_cards)
-                    if busy_until.get(card, -math.inf) <= t:
-                        break
-                if all_channel[m] != "ecom":
-                    m = int(card_city[card]) * per_city + (m % per_city)
-            used.append(card)
-            self.seq += 1
-            txn = f"{txn_prefix}{self.seq:010d}"
-            card_s = f"{card_prefix}{card:08d}"
-            customer = f"cu-{card * 4 // 5:08d}"
-            amount = self._amount[i]
-            device = f"dev-{((card * 0x9E3779B1) ^ salt) & 0xFFFFFFFFFF:010x}"
-            when = fromtimestamp(t, utc)
-            if with_lines:
-                us = when.microsecond
-                second = int(t)
-                if us == 0 and t - second > 0.5:  # rounded up to the next second
-                    second += 1
-                base = seconds.get(second)
-                if base is None:
-                    if len(seconds) > 4096:
-                        seconds.clear()
-                    base = seconds[second] = strftime("%Y-%m-%d %H:%M:%S", gmtime(second))
-                self._line = (f"{txn}\t{card_s}\t{customer}\t{copy_head[m]}\t{amount}\tUSD\t"
-                              f"{copy_place[m]}\t{device}\t{base}.{us:06d}+00\tf\t\\N")
-            return (
-                txn,
-                card_s,
-                customer,
-                all_id[m],
-                all_cat[m],
-                Decimal(amount),
-                "USD",
-                all_channel[m],
-                all_country[m],
-                all_lat[m],
-                all_lon[m],
-                device,
-                when,
-                False,
-                None,
-            )
-
-        return normal
+        for _ in range(8):
+            card = self.r.randrange(w.n_cards)
+            if self.busy_until.get(card, -math.inf) <= t:
+                break
+        m = self._merchant[i]
+        if w.all_channel[m] != "ecom":
+            m = int(w.card_city[card]) * MERCHANTS_PER_CITY + (m % MERCHANTS_PER_CITY)
+        return card, self._bodies(np.array([card], dtype=np.int64), [m], [self._amount[i]], copy_lines)[0]
 
     # -- scenarios --------------------------------------------------------------------------
     # Each returns [(event_time, row)] and reserves its card until a real owner could be back.
@@ -625,6 +639,13 @@ class Generator:
         self.busy_until[card] = t + 600
         return out
 
+    def _episode_due(self, u: float, t: float) -> bool:
+        """Start the episode that the draw u (< p_episode) selects; True if a row of it is due at t."""
+        k = 0
+        while self.scenario_cum[k] < u:
+            k += 1
+        return self._episode(self.scenario_names[k], t) and self.heap[0][0] <= t
+
     def _episode(self, name: str, t: float) -> bool:
         card = self._pick_card(t, with_history=name == "account_takeover")
         if card is None:
@@ -646,61 +667,73 @@ class Generator:
     # -- the stream -------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[tuple]:
-        for row, _line in self.stream():
-            yield row
+        for rows in self.batches():
+            yield from rows
 
-    def stream(self, *, with_lines: bool = False) -> Iterator[tuple[tuple, str | None]]:
-        """(row, COPY text line or None) pairs; lines only for normal rows, when asked."""
+    def batches(self, *, copy_lines: bool = False) -> Iterator[list[tuple | str]]:
+        """The stream in lists of up to CHUNK rows, for `Writer.write_many`.
+
+        With `copy_lines`, normal purchases come as their COPY text line (what
+        `loader.writer.format_copy_text` makes of the row tuple, tested), which costs about a
+        third of making the tuple; the writer rebuilds a tuple from a line in the rare cases
+        it needs one. Episode rows are tuples either way.
+        """
         cfg = self.config
-        count = cfg.count
+        remaining = cfg.count
         paced = cfg.paced
         step = 1.0 / cfg.rate if paced else 0.0
         late = cfg.late_share
         max_delay = cfg.max_delay_s
         heap = self.heap
-        names = self.scenario_names
-        cum = self.scenario_cum
+        heappop, heappush = heapq.heappop, heapq.heappush
         p_ep = self.p_episode
-        normal = self._make_normal(with_lines)
-        self._line = None
-        emitted = 0
-        i = CHUNK
-        u_ep = u_late = times = None
-        while count is None or emitted < count:
-            if i >= CHUNK:
-                self._refill()
-                i = 0
-                u_ep, u_late, times = self._u_ep, self._u_late, None if paced else self._times
-            if paced:
-                t = self.clock + step  # ticks per delivered row, so pacing by count matches
-            else:
-                t = times[i]
-            self.clock = t
-            if heap and heap[0][0] <= t:
-                i += 1
-                yield heapq.heappop(heap)[2], None
-                emitted += 1
-                continue
-            u = u_ep[i]
-            if u < p_ep:
-                k = 0
-                while cum[k] < u:
-                    k += 1
-                if self._episode(names[k], t) and heap[0][0] <= t:
-                    i += 1
-                    yield heapq.heappop(heap)[2], None
-                    emitted += 1
-                    continue
-            row = normal(t, i)
-            is_late = late and u_late[i] < late
-            i += 1
-            if is_late:
-                heapq.heappush(heap, (t + self.r.random() * max_delay, self.seq_key(), row))
+        busy_until = self.busy_until
+        used = self._used
+        txn_format = self.txn_format
+        fromtimestamp = datetime.fromtimestamp
+        utc = _UTC
+        while remaining is None or remaining > 0:
+            self._refill(copy_lines)
+            # per chunk row: card, body (`_bodies`), event time (unpaced) and what follows the
+            # body: the datetime, or with `copy_lines` the rest of the line
+            cards, bodies, times, tails = self._card, self._body, self._times, self._tail
+            u_ep, u_late = self._u_ep, self._u_late
+            rows: list[tuple | str] = []
+            for i in range(CHUNK):
                 if paced:
-                    self.clock -= step  # pacing counts delivered rows, not drawn ones
-                continue
-            yield row, self._line
-            emitted += 1
+                    t = self.clock + step  # ticks per delivered row, so pacing by count matches
+                else:
+                    t = times[i]
+                self.clock = t
+                if (heap and heap[0][0] <= t) or (u_ep[i] < p_ep and self._episode_due(u_ep[i], t)):
+                    # an episode's row is due: delivered instead of this draw's purchase
+                    rows.append(heappop(heap)[2])
+                else:
+                    # a normal purchase, the common case
+                    card = cards[i]
+                    body = bodies[i]
+                    if card in busy_until and busy_until[card] > t:
+                        card, body = self._other_card(t, i, copy_lines)
+                    used.append(card)
+                    self.seq += 1
+                    txn = txn_format % self.seq
+                    if copy_lines:
+                        tail = tails[i] if tails is not None else timestamp_text(fromtimestamp(t, utc)) + NORMAL_TAIL
+                        row = f"{txn}{body}{tail}"
+                    else:
+                        row = (txn, *body, tails[i] if tails is not None else fromtimestamp(t, utc), False, None)
+                    if late and u_late[i] < late:
+                        heappush(heap, (t + self.r.random() * max_delay, self.seq_key(), row))
+                        if paced:
+                            self.clock -= step  # pacing counts delivered rows, not drawn ones
+                        continue
+                    rows.append(row)
+                if len(rows) == remaining:
+                    break
+            if rows:
+                yield rows
+            if remaining is not None:
+                remaining -= len(rows)
 
 
 def generate(config: GeneratorConfig, *, wall_start: float | None = None) -> Iterator[tuple]:
@@ -708,8 +741,7 @@ def generate(config: GeneratorConfig, *, wall_start: float | None = None) -> Ite
     return iter(Generator(config, wall_start=wall_start))
 
 
-def generate_with_lines(config: GeneratorConfig, *, wall_start: float | None = None) -> Iterator[tuple[tuple, str | None]]:
-    """(row, COPY text line or None): the same rows as `generate`, most already formatted for
-    `Writer.write_many(rows, lines)`, which saves the loader formatting them again."""
-    return Generator(config, wall_start=wall_start).stream(with_lines=True)
-
+def generate_batches(config: GeneratorConfig, *, wall_start: float | None = None) -> Iterator[list[tuple | str]]:
+    """The rows of `generate` in lists for `Writer.write_many`, normal purchases as their COPY
+    text line: what the loader sends, with no per-row step between generator and writer."""
+    return Generator(config, wall_start=wall_start).batches(copy_lines=True)

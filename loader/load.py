@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from loader.replay import Rejects
@@ -80,13 +80,14 @@ def load(
     progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 0.25,
     close_writer: bool = True,
-    with_lines: bool = False,
+    batched: bool = False,
 ) -> LoadSummary:
     """Send `rows` through `writer`, at `rate` rows/s or `speedup`× their own event times.
 
     Ctrl-C (KeyboardInterrupt) stops reading, flushes what was read, and returns a summary
-    marked `interrupted`; nothing read is lost. With `with_lines`, `rows` yields (row, COPY line
-    or None) pairs, as `loader.generator.generate_with_lines` does.
+    marked `interrupted`; nothing read is lost. Rows are what `Writer.write` takes (tuples, or
+    COPY text lines; `speedup` needs tuples, for their event times). With `batched`, `rows`
+    yields lists of rows, as `loader.generator.generate_batches` does.
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0")
@@ -104,10 +105,11 @@ def load(
     write = writer.write
     try:
         if rate is None and speedup is None:
-            read = _unpaced(rows, writer, deadline, progress, progress_every_s, rejects, start, with_lines)
+            read = _unpaced(rows, writer, deadline, progress, progress_every_s, rejects, start, batched)
             rows = ()
-        for item in rows:
-            row, line = item if with_lines else (item, None)
+        elif batched:
+            rows = (row for batch in rows for row in batch)  # paced: one row at a time
+        for row in rows:
             now = monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -127,7 +129,7 @@ def load(
                 else:
                     lag = now - target
                     summary.max_lag_s = max(summary.max_lag_s, lag)
-            write(row, line)
+            write(row)
             read += 1
             if progress is not None and now >= next_report:
                 next_report = now + progress_every_s
@@ -171,42 +173,43 @@ class _Interrupted(Exception):
 
 
 def _unpaced(rows, writer: Writer, deadline, progress, every: float, rejects, start: float,
-             with_lines: bool) -> int:
-    """As fast as possible: rows go to the writer in slices of 256 (one lock round-trip each)."""
+             batched: bool) -> int:
+    """As fast as possible: rows go to the writer in lists, one lock round-trip each: the
+    source's own lists when `batched`, else slices of 256."""
     read = 0
-    chunk: list[tuple] = []
-    lines: list[str | None] | None = [] if with_lines else None
-    append = chunk.append
     monotonic = time.monotonic
     next_report = start + every
     try:
-        for item in rows:
-            if lines is not None:
-                append(item[0])
-                lines.append(item[1])
-            else:
-                append(item)
-            if len(chunk) >= 256:
-                writer.write_many(chunk, lines)
-                read += len(chunk)
-                chunk.clear()
-                if lines is not None:
-                    lines.clear()
-                now = monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                if progress is not None and now >= next_report:
-                    next_report = now + every
-                    progress(_snapshot(read, writer, rejects, start, now, 0.0))
+        for batch in rows if batched else _slices(rows, 256):
+            writer.write_many(batch)
+            read += len(batch)
+            now = monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if progress is not None and now >= next_report:
+                next_report = now + every
+                progress(_snapshot(read, writer, rejects, start, now, 0.0))
+    except KeyboardInterrupt:
+        raise _Interrupted(read) from None
+    return read
+
+
+def _slices(rows: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` rows. On Ctrl-C while reading, the rows already read come first (so the
+    caller writes them), then the interrupt."""
+    chunk: list = []
+    try:
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
     except KeyboardInterrupt:
         if chunk:
-            writer.write_many(chunk, lines if lines is not None and len(lines) == len(chunk) else None)
-            read += len(chunk)
-        raise _Interrupted(read) from None
+            yield chunk
+        raise
     if chunk:
-        writer.write_many(chunk, lines)
-        read += len(chunk)
-    return read
+        yield chunk
 
 
 def _snapshot(read: int, writer: Writer, rejects: Rejects | None, start: float, now: float, lag: float) -> Progress:

@@ -3,6 +3,9 @@
 A batch leaves after `batch_rows` rows or `batch_ms` milliseconds, whichever comes first, so
 latency stays bounded at low rates and throughput stays high at high rates. A background thread
 sends batches while the caller keeps producing rows (at most two batches wait, so memory stays flat).
+A row is a tuple in `COLUMNS` order or, as the generator hands over most rows, the same row
+already as its COPY text line (`Row`); the writer rebuilds a tuple from a line only where it
+needs one (INSERT instead of COPY, finding the bad row of a refused batch).
 
 On PostgreSQL a batch is first `COPY`ed straight into the table, as fast as a raw COPY. If that
 meets a txn_id the table already has, the batch is redone by `COPY` into a session temp table and
@@ -26,7 +29,9 @@ commit outcome can appear twice (models there must de-duplicate by txn_id).
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +42,7 @@ from decimal import Decimal
 import psycopg
 from psycopg import sql
 
-from loader.schema import COLUMNS
+from loader.schema import COLUMNS, INDEX
 from sentinel.errors import one_line
 from sentinel.schema import detect_engine
 
@@ -78,6 +83,10 @@ INSERT_ROWS_PER_STATEMENT = 500
 _FATAL_STATES = ("28", "3D", "42")
 
 
+# A row: a tuple in COLUMNS order, or that row as its COPY text line (no newline), as
+# `format_copy_text` would make it.
+Row = tuple | str
+
 _NUL = "\x00"  # stands for NULL while a line is built; never valid in PostgreSQL text
 _CONV: dict[type, Callable[[object], str]] = {
     type(None): lambda _: _NUL,
@@ -102,14 +111,24 @@ def _field(value: object) -> str:
 
 
 _SECONDS: dict[int, str] = {}
+# A timestamptz in COPY text: "%s" the second's text (`second_text`), "%06d" its microseconds.
+TIMESTAMP_FORMAT = "%s.%06d+00"
 
 
-def _second_text(second: int) -> str:
-    if len(_SECONDS) > 4096:  # rows arrive roughly in time order: a small cache is enough
-        _SECONDS.clear()
-    text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-    _SECONDS[second] = text
+def second_text(second: int) -> str:
+    """'YYYY-MM-DD HH:MM:SS' of a Unix second (UTC); cached, str(datetime) costs ~1 µs."""
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) > 4096:  # rows arrive roughly in time order: a small cache is enough
+            _SECONDS.clear()
+        text = _SECONDS[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
     return text
+
+
+def timestamp_text(when: datetime) -> str:
+    """A timezone-aware datetime as COPY text in UTC: '2025-01-06 09:30:00.250000+00'."""
+    second = math.floor(when.timestamp())
+    return TIMESTAMP_FORMAT % (_SECONDS.get(second) or second_text(second), when.microsecond)
 
 
 def _line_fast(row: tuple) -> str:
@@ -118,14 +137,7 @@ def _line_fast(row: tuple) -> str:
      lat, lon, device_id, event_time, is_fraud, pattern) = row
     z = _NUL
     if event_time.__class__ is datetime and event_time.tzinfo is not None:
-        # str(datetime) costs ~1 µs; the second's text is cached and the microseconds appended.
-        ts = event_time.timestamp()
-        if ts >= 0:
-            second = int(ts)
-            base = _SECONDS.get(second)
-            if base is None:
-                base = _second_text(second)
-            event_time = f"{base}.{event_time.microsecond:06d}+00"
+        event_time = timestamp_text(event_time)
     return (
         f"{txn_id if txn_id is not None else z}\t{card_id if card_id is not None else z}\t"
         f"{customer_id if customer_id is not None else z}\t{merchant_id if merchant_id is not None else z}\t"
@@ -138,32 +150,54 @@ def _line_fast(row: tuple) -> str:
     )
 
 
-def format_copy_text(rows: Sequence[tuple], lines: Sequence[str | None] | None = None) -> bytes:
+def format_copy_text(rows: Sequence[Row]) -> bytes:
     """Rows as COPY text-format bytes, about 3x faster than `Copy.write_row` for these types.
 
     The fast path formats a whole row with one f-string (str() of Decimal, float, datetime and
     bool are all valid PostgreSQL input) and falls back to escaping field by field when a value
-    contains a tab, newline, carriage return or backslash, or has another type.
+    contains a tab, newline, carriage return or backslash, or has another type. Rows that are
+    lines already are taken as they are.
     """
-    if lines is not None and None not in lines:
-        return ("\n".join(lines) + "\n").encode()  # pre-formatted by the generator
-    width = len(COLUMNS) - 1
-    given = lines
-    lines = []
-    append = lines.append
-    fast = _line_fast
-    for k, row in enumerate(rows):
-        if given is not None and given[k] is not None:
-            append(given[k])
-            continue
-        line = fast(row)
-        if line.count("\t") != width or "\\" in line or "\n" in line or "\r" in line:
-            line = "\t".join(map(_field, row))
-        else:
-            line = line.replace(_NUL, "\\N")
-        append(line)
-    append("")
+    lines = [row if row.__class__ is str else _copy_line(row) for row in rows]
+    lines.append("")
     return "\n".join(lines).encode()
+
+
+def _copy_line(row: tuple) -> str:
+    """One row as a COPY text line (no newline)."""
+    line = _line_fast(row)
+    if line.count("\t") != len(COLUMNS) - 1 or "\\" in line or "\n" in line or "\r" in line:
+        return "\t".join(map(_field, row))
+    return line.replace(_NUL, "\\N")
+
+
+_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+_ESCAPED = re.compile(r"\\(.)")
+_PARSE: dict[int, Callable[[str], object]] = {
+    INDEX["amount"]: Decimal,
+    INDEX["lat"]: float,
+    INDEX["lon"]: float,
+    INDEX["event_time"]: datetime.fromisoformat,
+    INDEX["is_fraud"]: lambda text: text == "t",
+}
+
+
+def row_from_line(line: str) -> tuple:
+    """The row tuple of a COPY text line that `format_copy_text` made (its inverse)."""
+    values: list[object] = line.split("\t")
+    for k, text in enumerate(values):
+        if text == "\\N":
+            values[k] = None
+            continue
+        if "\\" in text:
+            text = _ESCAPED.sub(lambda m: _UNESCAPES.get(m[1], m[1]), text)
+        parse = _PARSE.get(k)
+        values[k] = parse(text) if parse is not None else text
+    return tuple(values)
+
+
+def _tuples(batch: Sequence[Row]) -> list[tuple]:
+    return [row if row.__class__ is tuple else row_from_line(row) for row in batch]
 
 
 class WriterError(Exception):
@@ -248,11 +282,10 @@ class Writer:
         self._check_target()
 
         self._lock = threading.Lock()
-        self._buf: list[tuple] = []
-        self._lines: list[str | None] = []  # COPY lines pre-formatted by the caller, if any
-        self._spill: list[list[tuple]] = []
+        self._buf: list[Row] = []
+        self._spill: list[list[Row]] = []
         self._buf_since = 0.0
-        self._queue: queue.Queue[tuple[list[tuple], bytes | None] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[tuple[list[Row], bytes | None] | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="sentinel-writer", daemon=True)
@@ -260,54 +293,33 @@ class Writer:
 
     # -- caller side ------------------------------------------------------------------------
 
-    def write(self, row: tuple, line: str | None = None) -> None:
-        """Queue one row (and optionally its COPY text line); a full batch goes to the sender."""
-        if self._error is not None or self._closed:
-            self._raise()
-        with self._lock:
-            if not self._buf:
-                self._buf_since = time.monotonic()
-            self._buf.append(row)
-            self._lines.append(line)
-            full = len(self._buf) >= self.batch_rows
-            if full:
-                batch, self._buf = self._buf, []
-                lines, self._lines = self._lines, []
-        if full:
-            # Format here, in the producer's thread: the sender then only waits on the network,
-            # and does not fight the producer for the GIL after every socket wait.
-            try:
-                data = format_copy_text(batch, lines) if self.mode == "copy" else None
-                self._queue.put((batch, data))
-            except BaseException:
-                self._spill.append(batch)  # Ctrl-C while handing over: flush() sends it
-                raise
+    def write(self, row: Row) -> None:
+        """Queue one row; a full batch goes to the sender."""
+        self.write_many((row,))
 
-    def write_many(self, rows: Sequence[tuple], lines: Sequence[str] | None = None) -> None:
-        """Queue many rows (and optionally their COPY lines) with one lock round-trip."""
+    def write_many(self, rows: Sequence[Row]) -> None:
+        """Queue many rows with one lock round-trip; full batches go to the sender."""
         if self._error is not None or self._closed:
             self._raise()
-        if lines is not None and len(lines) != len(rows):
-            lines = None  # never risk pairing a row with another row's line
         batches = []
         n = self.batch_rows
         with self._lock:
             if not self._buf:
                 self._buf_since = time.monotonic()
             self._buf.extend(rows)
-            self._lines.extend(lines if lines is not None else [None] * len(rows))
             while len(self._buf) >= n:
-                batches.append((self._buf[:n], self._lines[:n]))
+                batches.append(self._buf[:n])
                 del self._buf[:n]
-                del self._lines[:n]
             if batches and self._buf:
                 self._buf_since = time.monotonic()
-        for k, (batch, batch_lines) in enumerate(batches):
+        for k, batch in enumerate(batches):
+            # Format here, in the producer's thread: the sender then only waits on the network,
+            # and does not fight the producer for the GIL after every socket wait.
             try:
-                data = format_copy_text(batch, batch_lines) if self.mode == "copy" else None
+                data = format_copy_text(batch) if self.mode == "copy" else None
                 self._queue.put((batch, data))
             except BaseException:
-                self._spill.extend(b for b, _ in batches[k:])  # Ctrl-C while handing over: flush() sends them
+                self._spill.extend(batches[k:])  # Ctrl-C while handing over: flush() sends them
                 raise
 
     def flush(self) -> None:
@@ -317,7 +329,6 @@ class Writer:
             self._spill.pop(0)
         with self._lock:
             batch, self._buf = self._buf, []
-            self._lines = []
         if batch:
             try:
                 self._queue.put((batch, None))
@@ -386,15 +397,14 @@ class Writer:
             finally:
                 self._queue.task_done()
 
-    def _take_if_aged(self) -> list[tuple] | None:
+    def _take_if_aged(self) -> list[Row] | None:
         with self._lock:
             if self._buf and time.monotonic() - self._buf_since >= self.batch_s:
                 batch, self._buf = self._buf, []
-                self._lines = []
                 return batch
         return None
 
-    def _send_guarded(self, batch: list[tuple], data: bytes | None) -> None:
+    def _send_guarded(self, batch: list[Row], data: bytes | None) -> None:
         if self._error is not None:
             return  # already failed: rows are not sent, and the caller is told
         try:
@@ -424,7 +434,7 @@ class Writer:
         else:
             self._conn.rollback()
 
-    def _send(self, batch: list[tuple], data: bytes | None = None) -> None:
+    def _send(self, batch: list[Row], data: bytes | None = None) -> None:
         """Send one batch until it is in, retrying lost connections with capped exponential backoff."""
         self.stats.sent += len(batch)
         attempt = 0
@@ -465,7 +475,7 @@ class Writer:
                 self.stats.duplicates += len(batch) - inserted - rejected
             return
 
-    def _send_once(self, batch: list[tuple], data: bytes | None) -> tuple[int, int]:
+    def _send_once(self, batch: list[Row], data: bytes | None) -> tuple[int, int]:
         """(inserted, rejected) for one attempt; a constraint error falls back to row by row."""
         conn = self._conn
         assert conn is not None
@@ -477,14 +487,14 @@ class Writer:
             return inserted, 0
         except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
             # One bad row must not sink the batch: find it (and any others) row by row.
-            return self._row_by_row(conn, batch)
+            return self._row_by_row(conn, _tuples(batch))
 
-    def _bulk(self, conn: psycopg.Connection, batch: list[tuple], data: bytes | None) -> int:
+    def _bulk(self, conn: psycopg.Connection, batch: list[Row], data: bytes | None) -> int:
         if data is None and self.mode == "copy":
             data = format_copy_text(batch)
         with conn.cursor() as cur:
             if self.mode == "insert":
-                return self._insert_values(cur, batch, on_conflict=self.dialect == "postgres")
+                return self._insert_values(cur, _tuples(batch), on_conflict=self.dialect == "postgres")
             if self.dialect == "materialize":
                 with cur.copy(COPY_TARGET) as copy:
                     copy.write(data)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
-from loader.generator import SCENARIOS, GeneratorConfig, generate, haversine_km
+from loader.generator import CHUNK, SCENARIOS, GeneratorConfig, generate, generate_batches, haversine_km
 from loader.schema import COLUMNS, FRAUD_PATTERNS
-from loader.writer import Writer
+from loader.writer import Writer, format_copy_text, row_from_line
 
 C = {name: i for i, name in enumerate(COLUMNS)}
 RICH = {name: 0.02 for name in SCENARIOS}  # many episodes in a small stream
@@ -216,14 +216,22 @@ def test_normal_traffic_rarely_looks_cross_border_or_card_testing(stream: list[t
     assert testing == 0
 
 
-def test_lines_made_by_the_generator_are_what_the_writer_would_send() -> None:
-    from loader.generator import generate_with_lines
-    from loader.writer import format_copy_text
-
-    config = GeneratorConfig(seed=4, count=5000, late_share=0.1, shares=RICH)
-    pairs = list(generate_with_lines(config))
-    assert [row for row, _ in pairs] == list(generate(config))
-    formatted = [(row, line) for row, line in pairs if line is not None]
-    assert len(formatted) > 4000
-    for row, line in formatted:
+@pytest.mark.parametrize("config", [
+    GeneratorConfig(seed=4, count=5000, late_share=0.1, shares=RICH),
+    GeneratorConfig(seed=5, count=3000, rate=2000.0, late_share=0.1, shares=RICH),  # paced
+    GeneratorConfig(seed=6, count=3000, sim_rate=2.0, start=datetime(1969, 12, 31, 23, 30, tzinfo=timezone.utc)),
+], ids=["unpaced", "paced", "before-1970"])
+def test_lines_made_by_the_generator_are_what_the_writer_would_send(config: GeneratorConfig) -> None:
+    """`generate_batches` is `generate` with most rows as their COPY line: byte for byte what the
+    writer makes of the row, and the row the writer rebuilds from the line."""
+    rows = list(generate(config, wall_start=1_700_000_000.0))
+    batches = list(generate_batches(config, wall_start=1_700_000_000.0))
+    items = [item for batch in batches for item in batch]
+    assert len(items) == len(rows) and all(len(batch) <= CHUNK for batch in batches)
+    lines = [(row, item) for row, item in zip(rows, items) if isinstance(item, str)]
+    assert len(lines) > len(rows) * 0.8
+    for row, line in lines:
         assert line + "\n" == format_copy_text([row]).decode()
+        assert row_from_line(line) == row
+    assert [item for item in items if isinstance(item, tuple)] == [
+        row for row, item in zip(rows, items) if isinstance(item, tuple)]

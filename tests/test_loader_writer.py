@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from loader.generator import GeneratorConfig, generate
-from loader.writer import Writer
+from loader.writer import Writer, format_copy_text, row_from_line
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +73,33 @@ def test_a_row_the_database_refuses_does_not_sink_its_batch(db) -> None:
     assert _ids(db.dsn) == ["ok1", "ok2"]
     assert writer.stats.rejected == 1
     assert refused[0][0] == "bad" and "transactions_amount_positive" in refused[0][1]
+
+
+def _line(row: tuple) -> str:
+    return format_copy_text([row]).decode().removesuffix("\n")
+
+
+def test_row_from_line_is_the_inverse_of_format_copy_text() -> None:
+    rows = [
+        _row("t1"),
+        ("t\\2", "c\t2", None, "m\n2", "grocery", Decimal("1500.05"), "USD", "ecom", "DE", None, None, "d\r2",
+         datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), True, "velocity"),
+    ]
+    for row in rows:
+        assert row_from_line(_line(row)) == row
+
+
+def test_rows_given_as_copy_lines_are_refused_and_deduplicated_like_tuples(db) -> None:
+    refused: list[tuple] = []
+    good = [_row(f"t{i}") for i in range(5)]
+    bad = _row("bad", amount="-1.00")
+    with Writer(db.loader_dsn, batch_rows=4, on_reject=lambda row, reason: refused.append(row)) as writer:
+        writer.write_many([_line(r) for r in good[:3]] + [_line(bad), good[3]])  # lines and tuples mixed
+        writer.flush()
+        writer.write_many([_line(r) for r in good])  # all sent again
+    assert _ids(db.dsn) == [f"t{i}" for i in range(5)]
+    assert refused == [bad]  # the refused line comes back to the caller as its row
+    assert (writer.stats.inserted, writer.stats.rejected, writer.stats.duplicates) == (5, 1, 4)
 
 
 def test_a_batch_leaves_after_batch_ms_without_a_flush(db) -> None:
