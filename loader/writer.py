@@ -271,11 +271,6 @@ class Writer:
         except psycopg.Error as exc:
             raise WriterError(f"cannot connect to the database: {one_line(exc)}") from None
         self.dialect = detect_engine(self._conn)
-        if self.dialect != "postgres":
-            # RisingWave has no read-write transactions (BEGIN is accepted and ignored) and
-            # Materialize restricts them: statements run on their own there.
-            self._conn.rollback()
-            self._conn.autocommit = True
         self.mode = mode if mode != "auto" else ("insert" if self.dialect == "risingwave" else "copy")
         if self.dialect != "postgres":
             self.stats.duplicates = None
@@ -413,11 +408,16 @@ class Writer:
             self._error = exc
 
     def _connect(self) -> psycopg.Connection:
+        # Autocommit: a statement on its own, such as the direct COPY of a batch, is its own
+        # transaction, with no BEGIN, SAVEPOINT or COMMIT round trips (each one leaves the
+        # server idle until this thread gets the GIL back from the producer); statements that
+        # must commit together run in `conn.transaction()`, on PostgreSQL only: RisingWave has
+        # no read-write transactions (BEGIN is accepted and ignored), Materialize restricts them.
         conn = psycopg.connect(
             self.dsn,
             connect_timeout=max(1, int(self.connect_timeout_s)),
             application_name="sentinel-loader",
-            autocommit=getattr(self, "dialect", "postgres") != "postgres",
+            autocommit=True,
         )
         self._stage_ready = False
         return conn
@@ -427,12 +427,10 @@ class Writer:
         try:
             self._conn.execute(f"select {_COLS} from {TARGET} where false")
         except psycopg.errors.InsufficientPrivilege:
-            self._conn.rollback()  # the loader role may insert without select: fine
+            pass  # the loader role may insert without select: fine
         except psycopg.Error as exc:
             self._conn.close()
             raise WriterError(f"cannot write to {TARGET}: {one_line(exc)} (run `sentinel up` first?)") from None
-        else:
-            self._conn.rollback()
 
     def _send(self, batch: list[Row], data: bytes | None = None) -> None:
         """Send one batch until it is in, retrying lost connections with capped exponential backoff."""
@@ -480,44 +478,41 @@ class Writer:
         conn = self._conn
         assert conn is not None
         try:
-            if conn.autocommit:
-                return self._bulk(conn, batch, data), 0
-            with conn.transaction():
-                inserted = self._bulk(conn, batch, data)
-            return inserted, 0
+            return self._bulk(conn, batch, data), 0
         except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
             # One bad row must not sink the batch: find it (and any others) row by row.
             return self._row_by_row(conn, _tuples(batch))
 
     def _bulk(self, conn: psycopg.Connection, batch: list[Row], data: bytes | None) -> int:
-        if data is None and self.mode == "copy":
-            data = format_copy_text(batch)
+        """Rows inserted by one batch, all or none of it."""
         with conn.cursor() as cur:
             if self.mode == "insert":
-                return self._insert_values(cur, _tuples(batch), on_conflict=self.dialect == "postgres")
-            if self.dialect == "materialize":
-                with cur.copy(COPY_TARGET) as copy:
-                    copy.write(data)
-                return len(batch)
-            if self.strategy == "direct" or (self.strategy == "auto" and not self._staging):
+                if self.dialect != "postgres":
+                    return self._insert_values(cur, _tuples(batch), on_conflict=False)
+                with conn.transaction():  # a statement per 500 rows: the batch commits as one
+                    return self._insert_values(cur, _tuples(batch), on_conflict=True)
+            if data is None:
+                data = format_copy_text(batch)
+            # Materialize has no primary keys (nor `on conflict`): always straight in.
+            if self.dialect == "materialize" or self.strategy == "direct" or (self.strategy == "auto" and not self._staging):
                 # Optimistic: straight into the target, as fast as a raw COPY. A re-sent txn_id
                 # makes the whole COPY fail; the batch is then redone through the stage.
                 try:
-                    with conn.transaction():
-                        with cur.copy(COPY_TARGET) as copy:
-                            copy.write(data)
+                    with cur.copy(COPY_TARGET) as copy:
+                        copy.write(data)
                     return len(batch)
                 except psycopg.errors.UniqueViolation:
                     if self.strategy == "direct":
                         raise
                     self._staging = True
             if not self._stage_ready:
-                cur.execute(STAGE_DDL)
+                cur.execute(STAGE_DDL)  # on its own: the temp table outlives a batch rolled back
                 self._stage_ready = True
-            with cur.copy(COPY_STAGE) as copy:
-                copy.write(data)
-            cur.execute(MOVE_STAGE)
-            inserted = cur.rowcount
+            with conn.transaction():
+                with cur.copy(COPY_STAGE) as copy:
+                    copy.write(data)
+                cur.execute(MOVE_STAGE)
+                inserted = cur.rowcount
             if inserted == len(batch) and self.strategy == "auto":
                 self._staging = False  # no more re-sent ids: back to the direct path
             return inserted
@@ -542,13 +537,8 @@ class Writer:
         inserted = rejected = 0
         for row in batch:
             try:
-                if conn.autocommit:
-                    with conn.cursor() as cur:
-                        inserted += self._insert_values(cur, [row], on_conflict=False)
-                    continue
-                with conn.transaction():
-                    with conn.cursor() as cur:
-                        inserted += self._insert_values(cur, [row], on_conflict=True)
+                with conn.cursor() as cur:  # autocommit: each row on its own
+                    inserted += self._insert_values(cur, [row], on_conflict=self.dialect == "postgres")
             except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
                 rejected += 1
                 if self.on_reject is not None:
