@@ -228,10 +228,12 @@ class World:
         self.device_salt = int(rng.integers(0, 2**40))
         self.card_format = f"c{seed % 1000:03d}-%08d"
         # A normal purchase as COPY text from card_id to device_id, tab-led and tab-ended: the
-        # fields of `all_copy_head` and `all_copy_place` and the ids in their own formats.
+        # fields of `all_copy_head` and `all_copy_place` and the ids in their own formats; and
+        # on to the end of the line, given the event time's second (text) and microsecond.
         self.copy_body_format = (
             f"\t{self.card_format}\t{CUSTOMER_FORMAT}\t%s\t{AMOUNT_FORMAT}\tUSD\t%s\t{DEVICE_FORMAT}\t"
         )
+        self.copy_rest_format = self.copy_body_format + TIMESTAMP_FORMAT + NORMAL_TAIL
 
     # Each id has one %-format, for one card (`card_id`...: rows of episodes) and for a chunk of
     # normal purchases (`Generator._bodies`); the numbers are computed by expressions valid for
@@ -277,20 +279,22 @@ def _money(x: float) -> Decimal:
 NORMAL_TAIL = "\tf\t\\N"
 
 
-def _tails(times: np.ndarray) -> list[str]:
-    """A chunk's event times as COPY text with the rest of a normal purchase's line.
+def _event_columns(times: np.ndarray, copy_lines: bool) -> list[list]:
+    """A chunk's event times as the row tuples hold them (datetime), or with `copy_lines` as
+    the columns of their COPY text: the second's text and the microsecond.
 
-    The text takes the second and microsecond that datetime.fromtimestamp rounds to (what the
-    row tuple holds), computed in numpy by CPython's own arithmetic (modf, times 1e6, round half
-    to even, carry), so that the two always agree (tested).
+    Those are the second and microsecond that datetime.fromtimestamp rounds to, computed in
+    numpy by CPython's own arithmetic (modf, times 1e6, round half to even, carry), so that
+    a line and its tuple always agree (tested).
     """
+    if not copy_lines:
+        return [list(map(datetime.fromtimestamp, times.tolist(), repeat(_UTC)))]
     whole = np.trunc(times)
     micro = np.rint((times - whole) * 1e6)
     carry = np.where(micro >= 1e6, 1.0, 0.0) - np.where(micro < 0, 1.0, 0.0)  # into the next/last second
     seconds = (whole + carry).astype(np.int64).tolist()
-    micros = (micro - carry * 1e6).astype(np.int64).tolist()
     texts = {second: second_text(second) for second in set(seconds)}
-    return list(map((TIMESTAMP_FORMAT + NORMAL_TAIL).__mod__, zip(map(texts.__getitem__, seconds), micros)))
+    return [list(map(texts.__getitem__, seconds)), (micro - carry * 1e6).astype(np.int64).tolist()]
 
 
 class Generator:
@@ -374,40 +378,44 @@ class Generator:
         self._amount = amount.tolist()
         self._u_ep = g.random(CHUNK).tolist()
         self._u_late = g.random(CHUNK).tolist()
-        self._body = self._bodies(cards, self._merchant, self._amount, copy_lines)
-        self._times = self._tail = None
+        self._times = self._time_columns = None
         if not self.config.paced:
             hour = int(self.clock // 3600.0) % 24
             gaps = g.exponential(1.0 / (self.config.sim_rate * HOURLY_RHYTHM[hour]), size=CHUNK)
             times = self.clock + np.cumsum(gaps)
             self._times = times.tolist()
-            if copy_lines:
-                self._tail = _tails(times)
-            else:
-                self._tail = list(map(datetime.fromtimestamp, self._times, repeat(_UTC)))
+            self._time_columns = _event_columns(times, copy_lines)
+        self._body = self._bodies(cards, self._merchant, self._amount, copy_lines, self._time_columns)
 
-    def _bodies(self, cards: np.ndarray, merchants: list[int], amounts: list[float],
-                copy_lines: bool) -> list[tuple] | list[str]:
-        """Normal purchases' fields from card_id to device_id: a tuple each, or with
-        `copy_lines` their COPY text (`World.copy_body_format`)."""
+    def _bodies(self, cards: np.ndarray, merchants: list[int], amounts: list[float], copy_lines: bool,
+                time_columns: list[list] | None) -> list[tuple] | list[str]:
+        """Normal purchases' fields after the txn_id: a tuple each, or with `copy_lines` their
+        COPY text. They run from card_id to device_id (`World.copy_body_format`), or given the
+        event times (`_event_columns`) to the end of the row (`World.copy_rest_format`)."""
         w = self.world
         customers = _customer_number(cards).tolist()
         devices = w.device_number(cards).tolist()
         cards = cards.tolist()
+        timed = time_columns is not None
 
         def column(values: list) -> Iterator:
             return map(values.__getitem__, merchants)
 
         if copy_lines:
-            return list(map(w.copy_body_format.__mod__, zip(
+            fmt = w.copy_rest_format if timed else w.copy_body_format
+            return list(map(fmt.__mod__, zip(
                 cards, customers, column(w.all_copy_head), amounts, column(w.all_copy_place), devices,
+                *(time_columns if timed else ()),
             )))
-        return list(zip(
+        fields = [
             map(w.card_format.__mod__, cards), map(CUSTOMER_FORMAT.__mod__, customers),
             column(w.all_id), column(w.all_cat), map(Decimal, map(AMOUNT_FORMAT.__mod__, amounts)), repeat("USD"),
             column(w.all_channel), column(w.all_country), column(w.all_lat), column(w.all_lon),
             map(DEVICE_FORMAT.__mod__, devices),
-        ))
+        ]
+        if timed:
+            fields += [*time_columns, repeat(False), repeat(None)]
+        return list(zip(*fields))
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -466,7 +474,7 @@ class Generator:
 
     def _other_card(self, t: float, i: int, copy_lines: bool) -> tuple[int, tuple | str]:
         """Chunk row i's card is in an episode: another card makes the same kind of purchase near
-        its own home. (card, body as `_bodies` makes it); rare, so one at a time."""
+        its own home. (card, body as `_bodies` makes it for row i); rare, so one at a time."""
         w = self.world
         for _ in range(8):
             card = self.r.randrange(w.n_cards)
@@ -475,7 +483,9 @@ class Generator:
         m = self._merchant[i]
         if w.all_channel[m] != "ecom":
             m = int(w.card_city[card]) * MERCHANTS_PER_CITY + (m % MERCHANTS_PER_CITY)
-        return card, self._bodies(np.array([card], dtype=np.int64), [m], [self._amount[i]], copy_lines)[0]
+        time_columns = None if self._time_columns is None else [[column[i]] for column in self._time_columns]
+        body = self._bodies(np.array([card], dtype=np.int64), [m], [self._amount[i]], copy_lines, time_columns)
+        return card, body[0]
 
     # -- scenarios --------------------------------------------------------------------------
     # Each returns [(event_time, row)] and reserves its card until a real owner could be back.
@@ -694,9 +704,9 @@ class Generator:
         utc = _UTC
         while remaining is None or remaining > 0:
             self._refill(copy_lines)
-            # per chunk row: card, body (`_bodies`), event time (unpaced) and what follows the
-            # body: the datetime, or with `copy_lines` the rest of the line
-            cards, bodies, times, tails = self._card, self._body, self._times, self._tail
+            # per chunk row: card, body (`_bodies`: all after the txn_id, but for the event time
+            # and what follows it when paced), event time when unpaced
+            cards, bodies, times = self._card, self._body, self._times
             u_ep, u_late = self._u_ep, self._u_late
             rows: list[tuple | str] = []
             for i in range(CHUNK):
@@ -717,11 +727,12 @@ class Generator:
                     used.append(card)
                     self.seq += 1
                     txn = txn_format % self.seq
-                    if copy_lines:
-                        tail = tails[i] if tails is not None else timestamp_text(fromtimestamp(t, utc)) + NORMAL_TAIL
-                        row = f"{txn}{body}{tail}"
+                    if not paced:
+                        row = txn + body if copy_lines else (txn,) + body
+                    elif copy_lines:
+                        row = f"{txn}{body}{timestamp_text(fromtimestamp(t, utc))}{NORMAL_TAIL}"
                     else:
-                        row = (txn, *body, tails[i] if tails is not None else fromtimestamp(t, utc), False, None)
+                        row = (txn, *body, fromtimestamp(t, utc), False, None)
                     if late and u_late[i] < late:
                         heappush(heap, (t + self.r.random() * max_delay, self.seq_key(), row))
                         if paced:
