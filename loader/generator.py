@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from itertools import repeat
+from itertools import islice, repeat
 
 import numpy as np
 from faker import Faker
@@ -279,6 +279,16 @@ def _money(x: float) -> Decimal:
 NORMAL_TAIL = "\tf\t\\N"
 
 
+def _in_slices(items: Iterator, size: int = 256) -> list:
+    """list(items), consumed `size` at a time. One list() over a whole chunk is a single C call
+    of several ms, and CPython hands the GIL over only between bytecodes: the writer's sender
+    thread, woken by the socket, would wait that long while the server idles."""
+    out: list = []
+    while part := list(islice(items, size)):
+        out += part
+    return out
+
+
 def _event_columns(times: np.ndarray, copy_lines: bool) -> list[list]:
     """A chunk's event times as the row tuples hold them (datetime), or with `copy_lines` as
     the columns of their COPY text: the second's text and the microsecond.
@@ -403,7 +413,7 @@ class Generator:
 
         if copy_lines:
             fmt = w.copy_rest_format if timed else w.copy_body_format
-            return list(map(fmt.__mod__, zip(
+            return _in_slices(map(fmt.__mod__, zip(
                 cards, customers, column(w.all_copy_head), amounts, column(w.all_copy_place), devices,
                 *(time_columns if timed else ()),
             )))
@@ -415,7 +425,7 @@ class Generator:
         ]
         if timed:
             fields += [*time_columns, repeat(False), repeat(None)]
-        return list(zip(*fields))
+        return _in_slices(zip(*fields))
 
     # -- rows -------------------------------------------------------------------------------
 
