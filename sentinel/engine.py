@@ -32,10 +32,8 @@ LOCK_TIMEOUT_S = 120
 
 # Settings for a streaming workload on a small machine (2 cores): see the README's "Engine" section.
 SERVER_SETTINGS = {
-    # Memory: a quarter of a small machine's RAM budget for the cache, generous sort/hash memory
-    # for the per-batch delta queries, more for index builds during `dbt run` backfills.
-    "shared_buffers": "1GB",
-    "effective_cache_size": "4GB",
+    # Memory: the cache is sized from the machine at start (`memory_settings`); generous sort/hash
+    # memory for the per-batch delta queries, more for index builds during `dbt run` backfills.
     "work_mem": "32MB",
     "maintenance_work_mem": "512MB",
     # WAL: continuous inserts; fewer, spread checkpoints keep full-page writes and I/O spikes down.
@@ -62,6 +60,18 @@ SERVER_SETTINGS = {
     "log_line_prefix": "'%m [%p] %q%u@%d '",
     "logging_collector": "off",
 }
+
+
+def memory_settings(ram_bytes: int | None = None) -> dict[str, str]:
+    """The cache sized from the machine's RAM: a quarter for shared_buffers (at most 8GB), and the
+    planner told that about 60% is cache. Maintenance reads each affected card's recent rows
+    through the (card_id, event_time) index, all over it: the more of it stays in shared_buffers as
+    history grows, the fewer of those reads go through the kernel's page cache."""
+    if ram_bytes is None:
+        ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mb = ram_bytes // (1024 * 1024)
+    return {"shared_buffers": f"{min(max(mb // 4, 128), 8192)}MB",
+            "effective_cache_size": f"{min(max(mb * 6 // 10, 512), 65536)}MB"}
 
 
 def _bin_dir() -> Path:
@@ -404,7 +414,7 @@ class EmbeddedEngine:
         sock_dir.chmod(0o700)
         if self._as_root:
             os.chown(sock_dir, account.pw_uid, account.pw_gid)
-        settings = dict(SERVER_SETTINGS)
+        settings = dict(SERVER_SETTINGS, **memory_settings())
         settings.update(listen_addresses="'127.0.0.1'", port=str(port),
                         unix_socket_directories=f"'{sock_dir}'")
         body = "".join(f"{k} = {v}\n" for k, v in settings.items())
