@@ -182,10 +182,13 @@ class Plan:
                 read=DIALECT)
         else:
             # `offset 0` keeps each lateral read a per-key index scan: flattened into a join, the
-            # planner may hash the whole input instead, a cost that grows with history.
+            # planner may hash the whole input instead, a cost that grows with history. Keys in
+            # order, restated outside, let the window sort each key's few rows (an incremental
+            # sort) instead of sorting all of them.
             restricted = sqlglot.parse_one(
-                f"select {_qi(alias)}.* from {k_tab} as {P}kk cross join lateral "
-                f"(select * from {o_src} where {key_match}{since} offset 0) as {_qi(alias)}",
+                f"select {_qi(alias)}.* from (select * from {k_tab} order by {', '.join(kcols)}) as {P}kk "
+                f"cross join lateral (select * from {o_src} where {key_match}{since} offset 0) as {_qi(alias)} "
+                f"where " + " and ".join(f"{_qi(alias)}.{k} = {P}kk.{c}" for k, c in zip(keys_sql, kcols)),
                 read=DIALECT)
         scope.args["from_"].set("this", exp.Subquery(this=restricted, alias=exp.TableAlias(this=exp.to_identifier(alias))))
         body = []
