@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.ivm.planner import Branch, IvmUnsupported, P, Plan, Step, _cols, _match, _numbered, _q, _qi, plan
+from sentinel.ivm.planner import Branch, IvmUnsupported, P, Plan, Step, _cols, _q, _qi, multiset_diff, plan
 
 EVENTS = {"insert": "i", "delete": "d", "update": "u"}
 
@@ -167,18 +167,11 @@ def _roots(cur: Any, inputs: list[str]) -> list[str]:
 
 def _apply_diff(cur: Any, relation: str, cols: list[str], tmp: str) -> tuple[int, int]:
     """Make the table equal the new content with the fewest row changes (multiset difference)."""
-    n = f"{P}n"
-    cur.execute(
-        f"with o as (select {_numbered(cols, 't')}, t.ctid as {P}ctid from {_q(relation)} as t),\n"
-        f"f as (select {_numbered(cols, 'x')} from pg_temp.{tmp} as x)\n"
-        f"delete from {_q(relation)} as d using o where d.ctid = o.{P}ctid "
-        f"and not exists (select from f where {_match(cols, 'f', 'o')} and f.{n} = o.{n})")
+    delete, insert = multiset_diff(relation, cols, f"select ctid as {P}ctid, * from {_q(relation)}",
+                                   f"table pg_temp.{tmp}")
+    cur.execute(delete)
     deleted = cur.rowcount
-    cur.execute(
-        f"with o as (select {_numbered(cols, 't')} from {_q(relation)} as t),\n"
-        f"f as (select {_numbered(cols, 'x')} from pg_temp.{tmp} as x)\n"
-        f"insert into {_q(relation)} ({_cols(cols)}) select {_cols(cols, 'f')} from f "
-        f"where not exists (select from o where {_match(cols, 'f', 'o')} and f.{n} = o.{n})")
+    cur.execute(insert)
     return deleted, cur.rowcount
 
 

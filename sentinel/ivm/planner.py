@@ -113,7 +113,7 @@ class Plan:
         tree: exp.Select = self._tree.copy()
         ctes = _pop_ctes(tree)
         reach = _reaching(ctes, relation)
-        out: list[exp.CTE] = []
+        deltas: list[exp.CTE] = []  # the CTEs upstream of the window, over the delta
         # 1. the window's input over the delta: affected keys and t0 per key
         scope_path = info["scope"]  # cte name or "" for the main select
         names = [c.alias for c in ctes]
@@ -122,7 +122,7 @@ class Plan:
             if cte.alias in reach:
                 d = cte.this.copy()
                 _replace_inputs(d, relation, delta, reach)
-                out.append(_cte(P + "d_" + cte.alias, d))
+                deltas.append(_cte(P + "d_" + cte.alias, d))
         scope = tree if scope_path == "" else next(c.this for c in ctes if c.alias == scope_path)
         src: exp.Expression = scope.args["from_"].this
         alias = src.alias_or_name
@@ -136,11 +136,9 @@ class Plan:
         kcols = [f"{P}k{i}" for i in range(len(keys_sql))]
         sel = ", ".join(f"{k} as {c}" for k, c in zip(keys_sql, kcols))
         wh = f"where {where.this.sql(DIALECT)}" if where else ""
-        out.append(_cte(P + "keys", sqlglot.parse_one(
+        keys_query = ("with " + ",\n".join(c.sql(DIALECT) for c in deltas) + "\n" if deltas else "") + (
             f"select {sel}, min({t_sql}) as {P}t0 from {d_src.sql(DIALECT)} {wh} "
-            f"group by {', '.join(str(i + 1) for i in range(len(kcols)))}", read=DIALECT)))
-        keys_query = "with " + ",\n".join(c.sql(DIALECT) for c in out[:-1]) + "\n" if out[:-1] else ""
-        keys_query += out[-1].this.sql(DIALECT)
+            f"group by {', '.join(str(i + 1) for i in range(len(kcols)))}")
         # Session temp tables (one set per model and column layout): the affected keys, the
         # recomputed rows from each key's t0 on, and the model's current rows there.
         tag = hashlib.sha256("\x00".join([self.fingerprint, *self.columns]).encode()).hexdigest()[:16]
@@ -169,8 +167,8 @@ class Plan:
                     f"and {t_sql} < ({base}) order by {t_sql} desc limit {inner.rows}) as {P}p)")
             since = f" and {t_sql} >= least({', '.join(bounds)})"
         # 3. the model, its window input restricted to the affected keys from their lower bound
-        top1 = info.get("top1")
-        if top1 and delta == f"{P}new":
+        top1 = info["top1"] if delta == f"{P}new" else None  # the first-row shortcut holds for appends
+        if top1:
             # First row per key over appended rows: the new first is among the current first (the
             # model's row) and the new rows, so the key's history is never read.
             need = _cols(top1)
@@ -201,8 +199,8 @@ class Plan:
         since_t0 = " and ".join(
             [f"{P}f.{_qi(c)} = {P}kk.{k}" for c, k in zip(out_keys, kcols)]
             + [f"{P}f.{_qi(out_t)} >= {P}kk.{P}t0"])
-        if top1 and delta == f"{P}new":
-            body = out[:-1] + body  # the new rows of the window's input
+        if top1:
+            body = deltas + body  # the new rows of the window's input
         prefix = ("with " + ",\n".join(c.sql(DIALECT) for c in body) + "\n") if body else ""
         cols = self.columns
         # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change)
@@ -210,15 +208,8 @@ class Plan:
                 f"where exists (select from {k_tab} as {P}kk where {since_t0})")
         old = (f"insert into {o_tab} select {P}x.* from {k_tab} as {P}kk cross join lateral "
                f"(select {P}f.ctid, {P}f.* from {_q(self.relation)} as {P}f where {since_t0} offset 0) as {P}x")
-        numbered = (f"with {P}old_n as (select {_numbered(cols, 'o')} from {o_tab} as o),\n"
-                    f"{P}fresh_n as (select {_numbered(cols, 'f')} from {f_tab} as f)\n")
         # Two statements, delete then insert: downstream triggers see each kind separately.
-        delete = (f"{numbered}delete from {_q(self.relation)} as {P}t using {P}old_n as o\n"
-                  f"where {P}t.ctid = o.{P}ctid and not exists "
-                  f"(select from {P}fresh_n as f where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
-        insert = (f"{numbered}insert into {_q(self.relation)} ({_cols(cols)})\n"
-                  f"select {_cols(cols, 'f')} from {P}fresh_n as f\n"
-                  f"where not exists (select from {P}old_n as o where {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n)")
+        delete, insert = multiset_diff(self.relation, cols, f"table {o_tab}", f"table {f_tab}")
         return [
             _create_temp(k_tab, keys_query),
             _create_temp(f_tab, f"select * from {_q(self.relation)}"),
@@ -723,6 +714,21 @@ def _numbered(cols: list[str], alias: str) -> str:
 
 def _match(cols: list[str], a: str, b: str) -> str:
     return f"{a}.{P}r = {b}.{P}r"
+
+
+def multiset_diff(relation: str, cols: list[str], old_sql: str, fresh_sql: str) -> tuple[str, str]:
+    """Two statements, delete then insert, that turn `relation`'s rows `old_sql` selects (each with
+    its ctid as `__ivm_ctid`) into the rows `fresh_sql` selects, changing only rows that differ
+    (as multisets: equal rows pair off by their number among equals)."""
+    numbered = (f"with {P}old_n as (select {_numbered(cols, 'o')} from ({old_sql}) as o),\n"
+                f"{P}fresh_n as (select {_numbered(cols, 'f')} from ({fresh_sql}) as f)\n")
+    same = f"{_match(cols, 'f', 'o')} and f.{P}n = o.{P}n"
+    delete = (f"{numbered}delete from {_q(relation)} as {P}t using {P}old_n as o\n"
+              f"where {P}t.ctid = o.{P}ctid and not exists (select from {P}fresh_n as f where {same})")
+    insert = (f"{numbered}insert into {_q(relation)} ({_cols(cols)})\n"
+              f"select {_cols(cols, 'f')} from {P}fresh_n as f\n"
+              f"where not exists (select from {P}old_n as o where {same})")
+    return delete, insert
 
 
 def _multiset_delete(relation: str, cols: list[str], locator: list[str], delta_sql: str) -> str:
