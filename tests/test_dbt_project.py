@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
+from tests.fixtures.maintained import differing_rows
 from tests.fixtures.models import (
     INTERMEDIATE, MARTS, PROJECT, RULES, libpq_env, run_dbt,
 )
@@ -137,11 +138,7 @@ def assert_models_equal_their_sql(dsn: str, work: Path) -> None:
         for name in INTERMEDIATE + MARTS:
             schema = "fraud_intermediate" if name in INTERMEDIATE else "fraud"
             table = f"{schema}.{name}"
-            sql = compiled[name]
-            differ = conn.execute(
-                f"select count(*) from ((select * from {table} except all ({sql})) "
-                f"union all (({sql}) except all select * from {table})) as d"
-            ).fetchone()[0]
+            differ = differing_rows(conn, table, compiled[name])
             assert differ == 0, f"{table} differs from its SQL in {differ} rows"
 
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel.deploy import PROJECT_DIR, DbtFailed, run_dbt
+from tests.fixtures import maintained
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
@@ -37,21 +38,12 @@ def models(conn: psycopg.Connection) -> list[tuple[str, str]]:
 
 def reset(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
-        rels = [r for r, _ in models(conn)]
-        conn.execute("alter table fraud.transactions disable trigger transactions_append_only")
-        conn.execute(f"truncate fraud.transactions, {', '.join(rels)}")
-        conn.execute("alter table fraud.transactions enable trigger transactions_append_only")
+        relations = [r for r, _ in models(conn)]
+    maintained.reset(dsn, relations)
 
 
 def mismatches(conn: psycopg.Connection) -> dict[str, int]:
-    out = {}
-    for rel, sql in models(conn):
-        n = conn.execute(
-            f"select (select count(*) from (table {rel} except all ({sql})) a)"
-            f" + (select count(*) from (({sql}) except all table {rel}) b)").fetchone()[0]
-        if n:
-            out[rel] = n
-    return out
+    return maintained.mismatches(conn, models(conn))
 
 
 COLS = "txn_id, card_id, customer_id, merchant_id, merchant_category, amount, currency, channel, country, " \

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel.ivm import IvmUnsupported, deploy_model
+from tests.fixtures import maintained
 from tests.fixtures.ivm_models import all_models
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -29,24 +30,11 @@ def deployed(module_db):
 
 
 def reset(dsn: str) -> None:
-    """Empty the source and every model (the append-only guard is the owner's to lift)."""
-    with psycopg.connect(dsn) as conn:
-        conn.execute("alter table fraud.transactions disable trigger transactions_append_only")
-        rels = [r for _, r, _, _ in all_models("x")]
-        conn.execute(f"truncate fraud.transactions, {', '.join(rels)}")
-        conn.execute("alter table fraud.transactions enable trigger transactions_append_only")
+    maintained.reset(dsn, [r for _, r, _, _ in all_models("x")])
 
 
 def mismatches(conn: psycopg.Connection, dbname: str) -> dict[str, int]:
-    """Rows by which each model differs from a full evaluation of its SQL (EXCEPT ALL both ways)."""
-    out = {}
-    for name, rel, sql, _ in all_models(dbname):
-        n = conn.execute(
-            f"select (select count(*) from (table {rel} except all ({sql})) a)"
-            f" + (select count(*) from (({sql}) except all table {rel}) b)").fetchone()[0]
-        if n:
-            out[name] = n
-    return out
+    return maintained.mismatches(conn, [(rel, sql) for _, rel, sql, _ in all_models(dbname)])
 
 
 CARDS = ["c1", "c2", "c3"]
