@@ -89,7 +89,6 @@ Row = tuple | str
 
 _NUL = "\x00"  # stands for NULL while a line is built; never valid in PostgreSQL text
 _CONV: dict[type, Callable[[object], str]] = {
-    type(None): lambda _: _NUL,
     bool: lambda b: "t" if b else "f",
     datetime: datetime.isoformat,
     date: date.isoformat,
@@ -220,20 +219,18 @@ class WriterStats:
         return asdict(self)
 
 
-def _is_connection_fault(exc: BaseException, conn: psycopg.Connection | None) -> bool:
+def _is_connection_fault(exc: BaseException) -> bool:
     """A lost or refused connection (retry), as opposed to an error in the data or the schema."""
     if isinstance(exc, psycopg.InterfaceError):
         return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = getattr(exc, "sqlstate", None) or ""
-    if state.startswith(_FATAL_STATES):
-        return False
-    return True
+    return not state.startswith(_FATAL_STATES)
 
 
 class Writer:
-    """Writes row tuples (COLUMNS order) in batches; `.write(row)`, `.flush()`, `.close()`, `.stats`."""
+    """Writes rows (`Row`) in batches; `.write(row)`, `.write_many(rows)`, `.flush()`, `.close()`, `.stats`."""
 
     def __init__(
         self,
@@ -242,7 +239,6 @@ class Writer:
         batch_rows: int = 10000,
         batch_ms: float = 200.0,
         mode: str = "auto",
-        strategy: str = "auto",
         on_reject: Callable[[tuple, str], None] | None = None,
         retry_for_s: float = 300.0,
         connect_timeout_s: float = 10.0,
@@ -253,11 +249,8 @@ class Writer:
             raise ValueError("batch_ms must be > 0")
         if mode not in ("auto", "copy", "insert"):
             raise ValueError(f"mode must be auto, copy or insert, got {mode!r}")
-        if strategy not in ("auto", "stage", "direct"):
-            raise ValueError(f"strategy must be auto, stage or direct, got {strategy!r}")
         self.dsn = dsn
-        self.strategy = strategy
-        self._staging = False
+        self._staging = False  # batches go through the stage until one meets no re-sent txn_id
         self.batch_rows = batch_rows
         self.batch_s = batch_ms / 1000.0
         self.on_reject = on_reject
@@ -356,10 +349,6 @@ class Writer:
         if self._error is not None:
             self._raise()
 
-    def pending(self) -> int:
-        """Rows written but not yet sent (buffered or queued)."""
-        return len(self._buf) + sum(map(len, self._spill)) + self._queue.qsize() * self.batch_rows
-
     def __enter__(self) -> Writer:
         return self
 
@@ -443,7 +432,7 @@ class Writer:
                     self._conn = self._connect()
                 inserted, rejected = self._send_once(batch, data)
             except BaseException as exc:
-                if not _is_connection_fault(exc, self._conn):
+                if not _is_connection_fault(exc):
                     raise
                 if self._conn is not None:
                     self._conn.close()
@@ -494,7 +483,7 @@ class Writer:
             if data is None:
                 data = format_copy_text(batch)
             # Materialize has no primary keys (nor `on conflict`): always straight in.
-            if self.dialect == "materialize" or self.strategy == "direct" or (self.strategy == "auto" and not self._staging):
+            if self.dialect == "materialize" or not self._staging:
                 # Optimistic: straight into the target, as fast as a raw COPY. A re-sent txn_id
                 # makes the whole COPY fail; the batch is then redone through the stage.
                 try:
@@ -502,8 +491,6 @@ class Writer:
                         copy.write(data)
                     return len(batch)
                 except psycopg.errors.UniqueViolation:
-                    if self.strategy == "direct":
-                        raise
                     self._staging = True
             if not self._stage_ready:
                 cur.execute(STAGE_DDL)  # on its own: the temp table outlives a batch rolled back
@@ -513,7 +500,7 @@ class Writer:
                     copy.write(data)
                 cur.execute(MOVE_STAGE)
                 inserted = cur.rowcount
-            if inserted == len(batch) and self.strategy == "auto":
+            if inserted == len(batch):
                 self._staging = False  # no more re-sent ids: back to the direct path
             return inserted
 
