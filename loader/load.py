@@ -109,26 +109,25 @@ def load(
             rows = ()
         elif batched:
             rows = (row for batch in rows for row in batch)  # paced: one row at a time
-        for row in rows:
+        for row in rows:  # paced
             now = monotonic()
             if deadline is not None and now >= deadline:
                 break
-            if rate is not None or speedup is not None:
-                if rate is not None:
-                    target = start + read / rate
-                else:
-                    event = row[EVENT_TIME].timestamp()
-                    if first_event is None:
-                        first_event = event
-                    target = start + max(0.0, event - first_event) / speedup
-                if target > now:
-                    if deadline is not None and target > deadline:
-                        break
-                    sleep(target - now)
-                    now = monotonic()
-                else:
-                    lag = now - target
-                    summary.max_lag_s = max(summary.max_lag_s, lag)
+            if rate is not None:
+                target = start + read / rate
+            else:
+                event = row[EVENT_TIME].timestamp()
+                if first_event is None:
+                    first_event = event
+                target = start + max(0.0, event - first_event) / speedup
+            if target > now:
+                if deadline is not None and target > deadline:
+                    break
+                sleep(target - now)
+                now = monotonic()
+            else:
+                lag = now - target
+                summary.max_lag_s = max(summary.max_lag_s, lag)
             write(row)
             read += 1
             if progress is not None and now >= next_report:
