@@ -9,14 +9,15 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
+from itertools import chain, islice
 from pathlib import Path
 
 import click
 
-from loader.generator import DEFAULT_SHARES, SCENARIOS, GeneratorConfig, generate_batches
+from loader.generator import DEFAULT_SHARES, SCENARIOS, Generator, GeneratorConfig
 from loader.load import LoadSummary, Progress, load as run_load
 from loader.replay import Rejects, ReplayError, parse_map, replay
-from loader.schema import RowError, parse_time
+from loader.schema import FRAUD_PATTERNS, RowError, parse_time
 from loader.writer import Writer, WriterError
 
 from sentinel.config import Settings, resolve_dsn
@@ -31,9 +32,8 @@ class LoadError(SentinelError):
 def parse_shares(items: tuple[str, ...], fraud_share: float | None) -> dict[str, float]:
     shares = dict(DEFAULT_SHARES)
     if fraud_share is not None:
-        fraud = [k for k in shares if not k.startswith("legit_")]
-        total = sum(shares[k] for k in fraud)
-        for k in fraud:
+        total = sum(shares[k] for k in FRAUD_PATTERNS)
+        for k in FRAUD_PATTERNS:
             shares[k] = shares[k] / total * fraud_share
     for item in items:
         for part in item.split(","):
@@ -133,16 +133,17 @@ def load(
 
     extra: dict = {}
     rejects_sink: Rejects | None = None
-    batched = False
+    generator: Generator | None = None
     try:
         if source is not None:
             rejects_path = rejects or source.with_name(source.name + ".rejects.ndjson")
             rejects_sink = Rejects(rejects_path)
             rows = replay(source, mapping=parse_map(maps), fmt=fmt, rejects=rejects_sink)
-            rows = iter(rows)
             first = next(rows, None)  # surfaces header problems before connecting
             extra.update(source=str(source), rejects_file=str(rejects_path))
-            rows = _chain(first, rows)
+            rows = chain(() if first is None else (first,), rows)
+            if count is not None:
+                rows = islice(rows, count)
         else:
             if seed is None:
                 seed = random.SystemRandom().randrange(2**31)
@@ -154,14 +155,10 @@ def load(
                 shares=parse_shares(shares, fraud_share), late_share=late_share,
                 max_delay_s=max_delay, cards=cards,
             )
-            rows = generate_batches(config)  # lists of rows, most already formatted for COPY
-            batched = True
+            generator = Generator(config)  # checks the config before connecting
             extra.update(source="generator", seed=seed)
     except (ReplayError, RowError, ValueError) as exc:
         raise LoadError(str(exc)) from None
-
-    if count is not None and source is not None:
-        rows = _take(rows, count)
 
     # The sender thread waits on the socket many times per batch and must get the GIL back from
     # the generating thread each time: a shorter switch interval than the default 5 ms keeps
@@ -185,6 +182,10 @@ def load(
             )
         except WriterError as exc:
             raise LoadError(str(exc)) from None
+        if generator is not None:
+            # Lists of rows, normal purchases as their COPY line (`generate_batches`), unless the
+            # writer sends INSERTs (RisingWave): it would only parse the lines back into tuples.
+            rows = generator.batches(copy_lines=writer.mode == "copy")
         progress = None
         if not quiet and console.is_terminal:
             from rich.live import Live
@@ -199,7 +200,7 @@ def load(
 
         try:
             summary = run_load(rows, writer, rate=rate, speedup=speedup, duration_s=duration,
-                               rejects=rejects_sink, progress=progress, batched=batched)
+                               rejects=rejects_sink, progress=progress, batched=generator is not None)
         except WriterError as exc:
             raise LoadError(f"{exc}; rows already sent are in the database") from None
         except (ReplayError, ValueError) as exc:
@@ -224,19 +225,6 @@ def load(
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _chain(first, rest):
-    if first is not None:
-        yield first
-    yield from rest
-
-
-def _take(rows, n):
-    for i, row in enumerate(rows):
-        if i >= n:
-            return
-        yield row
 
 
 def main() -> None:

@@ -183,3 +183,12 @@ def test_insert_mode_the_risingwave_fallback_is_idempotent_too(db) -> None:
         writer.write_many(rows[:300])
     assert (writer.stats.inserted, writer.stats.duplicates) == (1200, 300)
     assert _ids(db.dsn) == sorted(r[0] for r in rows)
+
+
+def test_cli_in_insert_mode_loads_the_same_stream(db) -> None:
+    """`--mode insert`: the generator hands the writer tuples, not COPY lines to parse back."""
+    done = subprocess.run(_load_cmd(db, "--count", "3000", "--seed", "9", "--mode", "insert", "--json"),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["loaded"] == 3000
+    assert _ids(db.dsn) == sorted(r[0] for r in generate(GeneratorConfig(seed=9, count=3000)))
