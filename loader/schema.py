@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 COLUMNS: tuple[str, ...] = (
@@ -43,7 +43,6 @@ FRAUD_PATTERNS = (
     "cross_border",
 )
 LOOKALIKE_PATTERNS = ("legit_flight", "legit_busy_shopper")
-CHANNELS = ("pos", "ecom", "atm")
 
 MAX_AMOUNT = Decimal("9999999999.99")  # numeric(12, 2)
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -83,7 +82,8 @@ def _optional(record: Mapping[str, Any], name: str) -> str | None:
 
 
 def parse_amount(value: Any) -> Decimal:
-    """A positive amount that fits numeric(12, 2), rounded to cents."""
+    """A positive amount that fits numeric(12, 2), rounded to cents as PostgreSQL rounds it (half
+    away from zero), so a replayed row holds what an INSERT of the same text would."""
     text = _text(value)
     if text is None:
         raise RowError("amount is missing")
@@ -93,7 +93,7 @@ def parse_amount(value: Any) -> Decimal:
         raise RowError(f"amount is not a number: {text!r}") from None
     if not amount.is_finite():
         raise RowError(f"amount is not a finite number: {text!r}")
-    amount = amount.quantize(Decimal("0.01"))
+    amount = amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     if amount <= 0:
         raise RowError(f"amount must be > 0, got {text}")
     if amount > MAX_AMOUNT:

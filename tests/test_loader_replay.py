@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -79,9 +80,10 @@ def test_every_bad_row_is_rejected_with_line_and_reason_and_the_rest_loads(db, t
     for entry, (_bad, reason) in zip(entries, BAD):
         assert reason in entry["reason"]
     with psycopg.connect(db.dsn) as conn:
-        amount, country, when = conn.execute(
-            "select amount, country, event_time from fraud.transactions where txn_id = 'g4'").fetchone()
-        assert str(amount) == "1.01" or str(amount) == "1.00"  # rounded to cents
+        # 1.005 rounded to cents as numeric(12,2) rounds it; +01:00 taken into account
+        assert conn.execute(
+            "select amount = 1.005::numeric(12, 2), amount, country, event_time = '2025-01-06T09:00:00Z' "
+            "from fraud.transactions where txn_id = 'g4'").fetchone() == (True, Decimal("1.01"), "DE", True)
         assert conn.execute("select currency, country from fraud.transactions where txn_id = 'g2'").fetchone() == ("USD", "US")
 
 
