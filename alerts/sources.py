@@ -381,11 +381,12 @@ class RisingWaveReader(_ConnectedReader):
     def open(self) -> None:
         conn = connect(self.dsn)
         try:
-            row = conn.execute("select position from sentinel_alerts.sink_positions where sink = %s",
+            row = conn.execute("select position, delivered from sentinel_alerts.sink_positions where sink = %s",
                                (self.sink,)).fetchone()
             self.created = row is None
             self.resume = RwResume(since_ms=int(row[0]) if row else None)
             self.position = self.resume.since_ms
+            self.delivered = int(row[1]) if row else 0
             conn.execute(rw_declare_statement(self.cursor, self.subscription, self.resume.since_ms,
                                               from_now=self.from_now))
         except MISSING_OBJECT as exc:
@@ -414,10 +415,12 @@ class RisingWaveReader(_ConnectedReader):
                      oldest_at=alerts[0].logged_at)
 
     def ack(self, batch: Batch) -> None:
+        # `on conflict do update full`: the row written replaces the stored one whole
         self.resume.advance(batch.position)
         self._conn.execute(
-            "insert into sentinel_alerts.sink_positions (sink, position, updated_at) values (%s, %s, now())",
-            (self.sink, self.resume.since_ms))
+            "insert into sentinel_alerts.sink_positions (sink, kind, position, delivered, updated_at) "
+            "values (%s, %s, %s, %s, now())",
+            (self.sink, self.kind, self.resume.since_ms, self.delivered + len(batch.alerts)))
         self.position = self.resume.since_ms
         self.delivered += len(batch.alerts)
 
@@ -492,10 +495,11 @@ class MaterializeReader(_ConnectedReader):
     def open(self) -> None:
         conn = psycopg.connect(self.dsn, connect_timeout=5, application_name="sentinel-alerts")
         try:
-            row = conn.execute("select max(position) from sentinel_alerts.sink_positions where sink = %s",
-                               (self.sink,)).fetchone()
+            row = conn.execute("select max(position), max(delivered) from sentinel_alerts.sink_positions "
+                               "where sink = %s", (self.sink,)).fetchone()
             conn.commit()
-            self.position = int(row[0]) if row and row[0] is not None else None
+            self.position = int(row[0]) if row[0] is not None else None
+            self.delivered = int(row[1]) if row[1] is not None else 0
             self.created = self.position is None
             conn.execute(mz_subscribe_statement(self.cursor, self.relation, self.position,
                                                 snapshot=not (self.created and self.from_now)))
@@ -525,11 +529,12 @@ class MaterializeReader(_ConnectedReader):
         # have no keys on Materialize: update the sink's row, insert it the first time.
         with psycopg.connect(self.dsn, connect_timeout=5, autocommit=True) as conn:
             updated = conn.execute(
-                "update sentinel_alerts.sink_positions set position = %s, updated_at = now() where sink = %s",
-                (batch.position, self.sink)).rowcount
+                "update sentinel_alerts.sink_positions set position = %s, delivered = delivered + %s, "
+                "updated_at = now() where sink = %s",
+                (batch.position, len(batch.alerts), self.sink)).rowcount
             if not updated:
-                conn.execute("insert into sentinel_alerts.sink_positions (sink, position) values (%s, %s)",
-                             (self.sink, batch.position))
+                conn.execute("insert into sentinel_alerts.sink_positions (sink, kind, position, delivered) "
+                             "values (%s, %s, %s, %s)", (self.sink, self.kind, batch.position, len(batch.alerts)))
         self.position = batch.position
         self.delivered += len(batch.alerts)
 

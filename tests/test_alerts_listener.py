@@ -371,3 +371,23 @@ def test_run_until_stop_event_reports_stats(alerts_db, tmp_path):
     assert [a["alert_id"] for a in read_ndjson(path)] == ids
     final = reports[-1][0]
     assert (final.delivered, final.lag_seq, final.retries, final.failing) == (12, 0, 0, None)
+
+
+def test_materialize_positions_keep_kind_and_delivered(db):
+    """The Materialize reader's position writes, run against sql/materialize/040_alerts.sql (plain SQL
+    PostgreSQL also runs): the sink's row gets its kind, position and delivered count, and a reader
+    opened later resumes from them."""
+    from alerts.model import make_alert
+    from alerts.sources import Batch, MaterializeReader
+
+    ddl = open(os.path.join(REPO, "sql", "materialize", "040_alerts.sql"), encoding="utf-8").read()
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        conn.execute("drop schema sentinel_alerts cascade")
+        conn.execute(ddl)
+    alert = make_alert(seq=1, op="+", row={"txn_id": "t", "rule": "r"}, flagged_at=None)
+    reader = MaterializeReader(db.dsn, "mz-file", "file")
+    reader.ack(Batch(alerts=[alert, alert], position=104))
+    reader.ack(Batch(alerts=[alert], position=110))
+    with psycopg.connect(db.dsn) as conn:
+        rows = conn.execute("select sink, kind, position, delivered from sentinel_alerts.sink_positions").fetchall()
+    assert rows == [("mz-file", "file", 110, 3)]
