@@ -79,10 +79,10 @@ def load(
     rejects: Rejects | None = None,
     progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 0.25,
-    close_writer: bool = True,
     batched: bool = False,
 ) -> LoadSummary:
-    """Send `rows` through `writer`, at `rate` rows/s or `speedup`× their own event times.
+    """Send `rows` through `writer` (closed at the end), at `rate` rows/s or `speedup`× their own
+    event times.
 
     Ctrl-C (KeyboardInterrupt) stops reading, flushes what was read, and returns a summary
     marked `interrupted`; nothing read is lost. Rows are what `Writer.write` takes (tuples, or
@@ -140,14 +140,11 @@ def load(
         summary.interrupted = True
     finally:
         summary.read = read
-        if close_writer:
-            try:
-                writer.close()
-            except KeyboardInterrupt:
-                summary.interrupted = True
-                writer.close()
-        else:
-            writer.flush()
+        try:
+            writer.close()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            writer.close()
     end = monotonic()
     stats = writer.stats
     summary.loaded = stats.inserted
