@@ -5,12 +5,13 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 #: Status, progress and errors. Kept off stdout so `sentinel dsn` and `--json` stay pipeable.
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-#: Data a script may read (DSNs, JSON summaries, alert lines).
-out = Console(file=sys.stdout, highlight=False, soft_wrap=True, color_system=None)
+#: Data a script may read (DSNs, JSON summaries, alert lines): printed as is, never read as markup or emoji.
+out = Console(file=sys.stdout, highlight=False, soft_wrap=True, color_system=None, markup=False, emoji=False)
 
 
 def is_interactive() -> bool:
@@ -19,10 +20,5 @@ def is_interactive() -> bool:
 
 
 def error(message: str) -> None:
-    """Print one error line."""
-    console.print(f"[bold red]error:[/] {message}", markup=True)
-
-
-def info(message: str) -> None:
-    """Print one status line."""
-    console.print(message, markup=True)
+    """Print one error line (the message as is: a `[...]` in it is text, not markup)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
