@@ -6,7 +6,6 @@ import shlex
 import sys
 
 import click
-from psycopg.conninfo import conninfo_to_dict
 
 from sentinel import __version__
 from sentinel.config import ROLES, Settings
@@ -128,11 +127,11 @@ def dsn(settings: Settings, role: str, as_env: bool) -> None:
     if not as_env:
         out.print(value)
         return
-    parts = conninfo_to_dict(value)
-    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD", "dbname": "PGDATABASE"}
-    for key, var in names.items():
-        if parts.get(key):
-            out.print(f"export {var}={shlex.quote(str(parts[key]))}")
+    from sentinel.deploy import libpq_env
+
+    for var, text in libpq_env(value).items():
+        if text:
+            out.print(f"export {var}={shlex.quote(text)}")
 
 
 def _register_commands() -> None:

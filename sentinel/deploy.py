@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from sentinel.errors import SentinelError
@@ -30,8 +31,17 @@ class DbtResult:
 
 
 def libpq_env(dsn: str) -> dict[str, str]:
-    """PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE for a DSN (what dbt/profiles.yml reads)."""
+    """PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE for a DSN (what dbt/profiles.yml reads).
+
+    A port, user, password or database the DSN leaves out is libpq's default (its PG* variable, else
+    port 5432, the OS user, a database named as the user), as psycopg connects: not the profile's
+    fallbacks, which are the embedded engine's (port 54329, user sentinel).
+    """
     parts = conninfo_to_dict(dsn)
+    defaults = {o.keyword.decode(): o.val.decode() for o in pq.Conninfo.get_defaults() if o.val is not None}
+    for key in ("port", "user", "password"):
+        parts[key] = parts.get(key) or defaults.get(key)
+    parts["dbname"] = parts.get("dbname") or defaults.get("dbname") or parts["user"]
     env = {}
     for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"),
                      ("password", "PGPASSWORD"), ("dbname", "PGDATABASE")):
