@@ -10,7 +10,7 @@ import click
 from sentinel import __version__
 from sentinel.config import ROLES, Settings
 from sentinel.console import console, error, out
-from sentinel.errors import SentinelError
+from sentinel.errors import SentinelError, one_line
 
 EXAMPLES = """
 \b
@@ -90,6 +90,8 @@ def status(settings: Settings, as_json: bool) -> None:
 
 
 def _database_summary(dsn: str) -> dict:
+    import psycopg
+
     from sentinel import schema
 
     summary: dict = {}
@@ -111,6 +113,8 @@ def _database_summary(dsn: str) -> dict:
             summary["relations"] = models
     except SentinelError as exc:
         summary["database"] = f"unreachable: {exc}"
+    except psycopg.Error as exc:  # reachable, but this role may not read what the summary counts
+        summary["database"] = f"error: {one_line(exc)}"
     return summary
 
 
@@ -152,10 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: map failures to one line and an exit code; never a traceback for user errors."""
     try:
         rv = cli.main(args=argv, prog_name="sentinel", standalone_mode=False)
-    except click.exceptions.Abort:
-        error("interrupted")
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         error("interrupted")
         sys.exit(130)
     except click.ClickException as exc:
