@@ -1,7 +1,7 @@
 """Benchmark of incremental maintenance: ingest through the loader with every model deployed vs a
 raw COPY, empty vs with history, and a full recomputation of the models vs the per-batch cost.
 
-    python -m sentinel.bench_ivm [--rows 200000] [--batch 5000] [--history 1000000] [--dsn DSN]
+    python -m sentinel.bench_ivm [--rows 200000] [--batch 5000] [--history 1000000] [--dsn DSN] [--profile]
 
 Starts a throw-away embedded engine (or uses --dsn, a superuser DSN), works in a scratch database,
 and prints figures; it asserts nothing. Rows come from the loader's generator and go through the
@@ -44,6 +44,31 @@ def stream(seed: int, count: int, cards: int, after: object = None) -> Iterator[
                                     start=after + timedelta(seconds=1) if after is not None else None))
 
 
+@contextlib.contextmanager
+def profiling(dsn: str, on: bool, batch: int) -> Iterator[dict]:
+    """With `on`, time the trigger functions of the runs inside (new sessions of the scratch
+    database): yields a dict that gets {"profile_ms_per_batch": {function: own ms per batch}}."""
+    out: dict = {}
+    if not on:
+        yield out
+        return
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        db = conn.info.dbname
+        conn.execute(sql.SQL("alter database {} set track_functions = 'pl'").format(sql.Identifier(db)))
+        conn.execute("select pg_stat_reset()")
+        before = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
+    yield out
+    time.sleep(1)  # sessions report their counters when they end
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        n = conn.execute("select count(*) from fraud.transactions").fetchone()[0] - before
+        rows = conn.execute("select schemaname || '.' || funcname, self_time from pg_stat_user_functions "
+                            "order by self_time desc").fetchall()
+    batches = max(n / batch, 1)
+    out["profile_ms_per_batch"] = {f: round(t / batches, 1) for f, t in rows}
+    for f, ms in out["profile_ms_per_batch"].items():
+        console.print(f"  {ms:7.1f} ms per batch  {f}")
+
+
 def latest_event(dsn: str):
     with psycopg.connect(dsn) as conn:
         return conn.execute("select max(event_time) from fraud.transactions").fetchone()[0]
@@ -57,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cards", type=int, default=100_000)
     ap.add_argument("--dsn", help="superuser DSN of a server to use instead of a throw-away embedded engine")
     ap.add_argument("--json", action="store_true", help="print figures as JSON on stdout")
+    ap.add_argument("--profile", action="store_true",
+                    help="also report each maintenance trigger's own time per batch in the last timed run "
+                         "(track_functions = 'pl' on the scratch database)")
     args = ap.parse_args(argv)
 
     with contextlib.ExitStack() as cleanup:
@@ -108,7 +136,9 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             ingest(dsn, itertools.islice(rows, args.history), batch=args.batch * 10)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
-            hist_rate, hist_batch_ms = ingest(dsn, rows, batch=args.batch)
+            with profiling(dsn, args.profile, args.batch) as profile:
+                hist_rate, hist_batch_ms = ingest(dsn, rows, batch=args.batch)
+            figures.update(profile)
             with psycopg.connect(dsn) as conn:
                 n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
             figures.update(history_rows=n, models_rows_per_s_history=round(hist_rate),
