@@ -1,6 +1,7 @@
 """`sentinel up/down/status/dsn` on its own embedded engine: lifecycle, data kept, clear errors."""
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import socket
@@ -141,3 +142,10 @@ def test_sentinel_dsn_works_with_external_server(engine, tmp_path):
     assert result.stdout.strip() == engine.admin_dsn
     assert run(tmp_path, "dsn", env={"SENTINEL_DSN": engine.admin_dsn}).stdout.strip() == engine.admin_dsn
     assert "SENTINEL_DSN is set" in one_line_error(run(tmp_path, "down", env={"SENTINEL_DSN": engine.admin_dsn}))
+
+
+def test_status_as_a_role_that_may_not_read(db, tmp_path):
+    result = run(tmp_path, "status", "--json", env={"SENTINEL_DSN": db.loader_dsn})
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["engine"] == "external" and "permission denied" in info["database"]
