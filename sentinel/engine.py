@@ -210,6 +210,11 @@ class EmbeddedEngine:
                 f"no embedded engine in {self.home}; run `sentinel up` first"
             ) from None
 
+    def role_passwords(self) -> dict[str, str]:
+        """The loader's and the analyst's passwords by role name, as `schema.apply` sets them."""
+        creds = self.credentials()
+        return {ROLE_NAMES[role]: creds[role] for role in ("loader", "analyst")}
+
     def _socket_dir(self) -> Path:
         """`home/run`, or a short directory in /tmp when that path is too long for a unix socket."""
         candidate = self.run_dir

@@ -37,11 +37,9 @@ def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "pos
         started = engine.up()
         on_step(f"engine {'started' if started else 'already running'} in {engine.home} "
                 f"(port {engine.running_port()}) [{time.monotonic() - t0:.1f} s]")
-        creds = engine.credentials()
-        owner = engine.dsn("owner")
-        stack = Stack(owner_dsn=owner, loader_dsn=engine.dsn("loader"), analyst_dsn=engine.dsn("analyst"),
-                      engine=engine, started=started)
-        passwords = {"sentinel_loader": creds["loader"], "sentinel_analyst": creds["analyst"]}
+        stack = Stack(owner_dsn=engine.dsn("owner"), loader_dsn=engine.dsn("loader"),
+                      analyst_dsn=engine.dsn("analyst"), engine=engine, started=started)
+        passwords = engine.role_passwords()
     else:
         stack = Stack(owner_dsn=settings.dsn, loader_dsn=settings.dsn, analyst_dsn=settings.dsn,
                       engine=None, started=False)
@@ -49,11 +47,8 @@ def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "pos
     files = schema.apply(stack.owner_dsn, engine=engine_kind, role_passwords=passwords)
     on_step(f"applied sql/{engine_kind}: {', '.join(files)}")
     if models:
-        try:
-            from sentinel.deploy import run_dbt
-        except ImportError:
-            raise SentinelError("this installation has no dbt deployment (sentinel.deploy); "
-                                "reinstall with the README's set-up command") from None
+        from sentinel.deploy import run_dbt
+
         t1 = time.monotonic()
         run_dbt(["run"], dsn=stack.owner_dsn, target=engine_kind)
         on_step(f"models deployed (dbt run, target {engine_kind}) [{time.monotonic() - t1:.1f} s]")
@@ -64,10 +59,11 @@ def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "pos
 @contextlib.contextmanager
 def temporary_stack(*, models: bool = True, prefix: str = "sentinel-bench-",
                     on_step: Callable[[str], None] = lambda _msg: None) -> Iterator[Stack]:
-    """A throw-away embedded engine (temp home, free port) brought up; stopped and removed afterwards."""
+    """A throw-away embedded engine (temp home, free port) brought up; stopped and removed afterwards,
+    also when bringing it up fails after the server started (sql/ or dbt)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as home:
-        stack = bring_up(Settings(home=Path(home) / "home", port=free_port()), models=models, on_step=on_step)
+        settings = Settings(home=Path(home) / "home", port=free_port())
         try:
-            yield stack
+            yield bring_up(settings, models=models, on_step=on_step)
         finally:
-            stack.engine.down()
+            settings.engine().down()

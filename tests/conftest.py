@@ -56,19 +56,17 @@ class Database:
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """A PostgreSQL for the whole session: the embedded engine in a temp home, or --dsn."""
     external = request.config.getoption("--dsn")
-    passwords = {"sentinel_loader": secrets.token_urlsafe(12), "sentinel_analyst": secrets.token_urlsafe(12)}
     if external:
         parts = conninfo_to_dict(external)
         parts["dbname"] = "postgres"
+        passwords = {"sentinel_loader": secrets.token_urlsafe(12), "sentinel_analyst": secrets.token_urlsafe(12)}
         yield Server(admin_dsn=make_conninfo(**parts), passwords=passwords)
         return
     home = tmp_path_factory.mktemp("sentinel-home")
     eng = EmbeddedEngine(home, port=free_port())
     eng.up()
-    creds = eng.credentials()
-    passwords = {"sentinel_loader": creds["loader"], "sentinel_analyst": creds["analyst"]}
     try:
-        yield Server(admin_dsn=eng.dsn("owner", dbname="postgres"), passwords=passwords, engine=eng)
+        yield Server(admin_dsn=eng.dsn("owner", dbname="postgres"), passwords=eng.role_passwords(), engine=eng)
     finally:
         eng.down()
 
