@@ -53,7 +53,7 @@ def test_good_rows_and_resent_ids(db):
     insert(db.loader_dsn)
     insert(db.loader_dsn, txn_id="t2", lat=None, lon=None, country=None)
     with psycopg.connect(db.loader_dsn) as conn:  # a re-sent id is ignored, never counted twice
-        conn.execute(INSERT.replace("values", "values").rstrip() + " on conflict do nothing", GOOD)
+        conn.execute(INSERT + " on conflict do nothing", GOOD)
     with psycopg.connect(db.dsn) as conn:
         assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == 2
         currency, ingested = conn.execute(
