@@ -202,6 +202,13 @@ def test_commands_run_real_entry_points(service: str, argv: list[str], env: dict
         assert _resolve_sentinel(words).name == "up"
 
 
+def test_every_sentinel_service_has_its_command_checked() -> None:
+    """The parametrized check above covers each service of the sentinel image (none left out by a
+    missing `command`, which would shrink it silently)."""
+    ours = {name for name, service in compose()["services"].items() if service["image"].startswith("sentinel:")}
+    assert ours and {name for name, _, _ in _entry_points()} == ours
+
+
 def test_dbt_targets_and_sql_exist_for_each_engine() -> None:
     profiles = yaml.safe_load((REPO / "dbt" / "profiles.yml").read_text())
     outputs = profiles["sentinel"]["outputs"]
