@@ -53,10 +53,6 @@ class Episodes:
             started, count = episode
             self._log.warning("%s after %.1f s (%d retries)", message, time.monotonic() - started, count)
 
-    def active(self, key: str) -> bool:
-        with self._lock:
-            return key in self._open
-
 
 @dataclass
 class SinkStats:
@@ -154,8 +150,6 @@ class SinkWorker(threading.Thread):
         self.stats.position = self.reader.position
         self.stats.delivered = self.reader.delivered
         self.stats.last_delivery_at = time.time()
-        if self.listener.on_delivered is not None:
-            self.listener.on_delivered(self.sink, batch)
 
     def _deliver(self, batch: Batch) -> bool:
         """Deliver the whole batch, retrying with backoff; False when asked to stop first."""
@@ -243,8 +237,7 @@ class Listener:
 
     def __init__(self, dsn: str, sinks: Sequence[Sink], *, from_now: bool = False,
                  batch_size: int = 1000, poll_interval: float = 1.0, retry_base: float = 0.2,
-                 retry_cap: float = 30.0, engine: str | None = None,
-                 on_delivered: Callable[[Sink, Batch], None] | None = None) -> None:
+                 retry_cap: float = 30.0, engine: str | None = None) -> None:
         if not sinks:
             raise ValueError("at least one sink is needed")
         names = [sink.name for sink in sinks]
@@ -258,7 +251,6 @@ class Listener:
         self.poll_interval = poll_interval
         self.retry_base = retry_base
         self.retry_cap = retry_cap
-        self.on_delivered = on_delivered
         self.episodes = Episodes()
         self.stop_event = threading.Event()
         self.engine = engine or self._detect_engine()

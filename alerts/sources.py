@@ -38,7 +38,6 @@ class Batch:
 
     alerts: list[Alert]
     position: Any
-    read: int = 0  # change rows consumed (before compaction)
     head: int | None = None  # newest sequence known in the source, for lag
     oldest_at: datetime | None = None  # logged_at of the first undelivered change, for lag
 
@@ -49,9 +48,12 @@ class Reader(Protocol):
     sink: str
     position: Any
     delivered: int
+    created: bool  # the sink was new to the engine when `open` registered it
 
+    def open(self) -> None: ...
     def read(self, *, limit: int, wait: float) -> Batch | None: ...
     def ack(self, batch: Batch) -> None: ...
+    def reset(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -163,6 +165,15 @@ class _ConnectedReader:
 
     _conn: psycopg.Connection | None = None
 
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def _connection(self) -> psycopg.Connection:
+        """The reader's connection, opened again (by `open`) after a reset."""
+        if self._conn is None or self._conn.closed:
+            self.open()
+        return self._conn
+
     def reset(self) -> None:
         """Drop the connection after a fault; the next read reconnects."""
         if self._conn is not None:
@@ -193,7 +204,6 @@ class PostgresReader(_ConnectedReader):
         self.position: int = 0
         self.delivered = 0
         self.created = False
-        self.gap_waiting = False
         self._conn: psycopg.Connection | None = None
         self._registered = False
 
@@ -252,7 +262,6 @@ class PostgresReader(_ConnectedReader):
         self.wake.clear()
         rows = conn.execute(_READ, (self.position, limit)).fetchall()
         if not rows:
-            self.gap_waiting = False
             self.wake.wait(wait)
             return None
         seqs = [row[0] for row in rows]
@@ -262,7 +271,6 @@ class PostgresReader(_ConnectedReader):
             if not self._gap_is_final(conn, rows[0][7], low, seqs[usable]):
                 break
             usable += 1 + contiguous_prefix(seqs[usable + 1:], seqs[usable])
-        self.gap_waiting = usable < len(rows)
         if usable == 0:
             self.wake.wait(0.005)  # a transaction holding the next seq is still running
             return None
@@ -271,8 +279,7 @@ class PostgresReader(_ConnectedReader):
             make_alert(seq=seq, op=op, row=_loads(payload), flagged_at=logged_at, xact=xact, alert_id=alert_id)
             for seq, op, payload, logged_at, xact, alert_id, _head, _snapshot in rows
         ]
-        return Batch(alerts=compact(alerts), position=rows[-1][0], read=len(rows),
-                     head=rows[0][6], oldest_at=rows[0][3])
+        return Batch(alerts=compact(alerts), position=rows[-1][0], head=rows[0][6], oldest_at=rows[0][3])
 
     def ack(self, batch: Batch) -> None:
         """Store the sink's position after its batch was delivered."""
@@ -288,15 +295,6 @@ class PostgresReader(_ConnectedReader):
         )
         self.position = batch.position
         self.delivered += len(batch.alerts)
-
-    def head(self) -> int | None:
-        """The newest change-log seq (for lag), or None when unreachable."""
-        try:
-            return self._connection().execute(
-                "select coalesce(max(seq), 0) from sentinel_alerts.change_log").fetchone()[0]
-        except psycopg.Error:
-            return None
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +374,6 @@ class RisingWaveReader(_ConnectedReader):
         self.delivered = 0
         self.created = False
         self._conn: psycopg.Connection | None = None
-        self._seq = 0
 
     def open(self) -> None:
         conn = connect(self.dsn)
@@ -395,9 +392,7 @@ class RisingWaveReader(_ConnectedReader):
         self._conn = conn
 
     def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
-        if self._conn is None or self._conn.closed:
-            self.open()
-        cur = self._conn.execute(rw_fetch_statement(self.cursor, limit, wait))
+        cur = self._connection().execute(rw_fetch_statement(self.cursor, limit, wait))
         columns = [d.name for d in cur.description or []]
         alerts, changes = [], []
         for row in cur.fetchall():
@@ -405,25 +400,22 @@ class RisingWaveReader(_ConnectedReader):
             alert_id = f"{values.get('txn_id')}:{values.get('rule')}"
             if not self.resume.admit(rw_ts, alert_id, op):
                 continue
-            self._seq += 1
             flagged_at = datetime.fromtimestamp(rw_ts / 1000, tz=timezone.utc)
             alerts.append(make_alert(seq=rw_ts, op=op, row=values, flagged_at=flagged_at))
             changes.append((rw_ts, alert_id, op))
         if not changes:
             return None
-        return Batch(alerts=alerts, position=changes, read=len(changes),
-                     oldest_at=alerts[0].logged_at)
+        return Batch(alerts=alerts, position=changes, oldest_at=alerts[0].logged_at)
 
     def ack(self, batch: Batch) -> None:
         # `on conflict do update full`: the row written replaces the stored one whole
         self.resume.advance(batch.position)
-        self._conn.execute(
+        self._connection().execute(
             "insert into sentinel_alerts.sink_positions (sink, kind, position, delivered, updated_at) "
             "values (%s, %s, %s, %s, now())",
             (self.sink, self.kind, self.resume.since_ms, self.delivered + len(batch.alerts)))
         self.position = self.resume.since_ms
         self.delivered += len(batch.alerts)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,9 +501,7 @@ class MaterializeReader(_ConnectedReader):
         self._conn = conn
 
     def read(self, *, limit: int = 1000, wait: float = 1.0) -> Batch | None:
-        if self._conn is None or self._conn.closed:
-            self.open()
-        cur = self._conn.execute(mz_fetch_statement(self.cursor, wait))
+        cur = self._connection().execute(mz_fetch_statement(self.cursor, wait))
         columns = [d.name for d in cur.description or []]
         updates, frontier = decode_mz_rows(columns, cur.fetchall())
         self._pending.extend(updates)
@@ -521,8 +511,7 @@ class MaterializeReader(_ConnectedReader):
         alerts = [make_alert(seq=ts, op=op, row=values,
                              flagged_at=datetime.fromtimestamp(ts / 1000, tz=timezone.utc))
                   for ts, op, values in complete]
-        return Batch(alerts=alerts, position=frontier - 1, read=len(complete),
-                     oldest_at=alerts[0].logged_at if alerts else None)
+        return Batch(alerts=alerts, position=frontier - 1, oldest_at=alerts[0].logged_at if alerts else None)
 
     def ack(self, batch: Batch) -> None:
         # a separate connection: the SUBSCRIBE transaction stays open on the reading one. Tables
