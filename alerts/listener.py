@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import psycopg
 
 from alerts.sinks import DeliveryError, Sink
-from alerts.sources import AlertViewMissing, Batch, SinkBusy, connect, make_reader
+from alerts.sources import AlertViewMissing, Batch, SinkBusy, check_postgres, connect, make_reader
 from sentinel.errors import one_line
 from sentinel.schema import detect_engine
 
@@ -282,7 +282,6 @@ class Listener:
             worker.stats.position = worker.reader.position
             worker.stats.delivered = worker.reader.delivered
         if self.engine == "postgres":
-            from alerts.sources import check_postgres
             with connect(self.dsn) as conn:
                 warnings = check_postgres(conn)
                 self.note_head(conn.execute(

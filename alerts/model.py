@@ -43,19 +43,8 @@ def make_alert(*, seq: int, op: str, row: dict[str, Any], flagged_at: datetime |
                xact: str | None = None, alert_id: str | None = None) -> Alert:
     """Build the alert for a change of one flagged row (its columns in `row`)."""
     alert_id = alert_id or f"{row.get('txn_id')}:{row.get('rule')}"
-    data: dict[str, Any] = {
-        "alert_id": alert_id,
-        "op": op,
-        "seq": seq,
-        "txn_id": row.get("txn_id"),
-        "card_id": row.get("card_id"),
-        "rule": row.get("rule"),
-        "risk_level": row.get("risk_level"),
-        "reason": row.get("reason"),
-        "amount": row.get("amount"),
-        "event_time": row.get("event_time"),
-        "flagged_at": flagged_at,
-    }
+    own = {"alert_id": alert_id, "op": op, "seq": seq, "flagged_at": flagged_at}
+    data: dict[str, Any] = {key: own[key] if key in own else row.get(key) for key in ALERT_FIELDS}
     for key, value in row.items():
         data.setdefault(key, value)
     line = json.dumps(data, default=_json_default, ensure_ascii=False, separators=(",", ":"))
