@@ -32,7 +32,6 @@ from alerts.sinks import FileSink
 from sentinel.measure import percentile
 
 
-
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
@@ -66,29 +65,16 @@ def _temporary_engine():
         yield stack.owner_dsn
 
 
-def _fraud_shares(fraud_share: float | None) -> dict[str, float] | None:
-    from loader.generator import DEFAULT_SHARES
-
-    if fraud_share is None:
-        return None
-    fraud = {k: v for k, v in DEFAULT_SHARES.items() if not k.startswith("legit_")}
-    total = sum(fraud.values())
-    shares = dict(DEFAULT_SHARES)
-    shares.update({k: v / total * fraud_share for k, v in fraud.items()})
-    return shares
-
-
 def timed_load(dsn: str, rate: float, seconds: float, batch_ms: float, fraud_share: float | None,
                out_path: str) -> None:
     """The writer process: generated rows at `rate`/s, one COPY transaction per batch, and the time
     each COMMIT returned (JSON: xid -> epoch seconds, plus totals) written to `out_path`."""
+    from loader.cli import parse_shares
     from loader.generator import GeneratorConfig, generate
     from loader.schema import COLUMNS
     from loader.writer import format_copy_text
 
-    shares = _fraud_shares(fraud_share)
-    config = GeneratorConfig(seed=7, rate=rate, **({"shares": shares} if shares else {}))
-    rows = generate(config)
+    rows = generate(GeneratorConfig(seed=7, rate=rate, shares=parse_shares((), fraud_share)))
     copy_sql = f"copy fraud.transactions ({', '.join(COLUMNS)}) from stdin"
     commits: dict[str, float] = {}
     sent = 0
