@@ -86,10 +86,11 @@ class DemoState:
 
     def summary_line(self) -> str:
         """One plain line for non-interactive output."""
-        with self.lock:
+        with self.lock:  # the sink's thread adds rules to by_rule while this one reads it
             lat = list(self.latencies_ms)
+            by_rule = self.by_rule.most_common()
         return (f"{self.sent:,} sent ({self.sent_rate:,.0f}/s), {self.alerts:,} alerts "
-                f"({', '.join(f'{r} {n}' for r, n in self.by_rule.most_common())}), "
+                f"({', '.join(f'{r} {n}' for r, n in by_rule)}), "
                 f"latency p50 {_ms(percentile(lat, 50))} p99 {_ms(percentile(lat, 99))}")
 
 
