@@ -391,3 +391,36 @@ def test_materialize_positions_keep_kind_and_delivered(db):
     with psycopg.connect(db.dsn) as conn:
         rows = conn.execute("select sink, kind, position, delivered from sentinel_alerts.sink_positions").fetchall()
     assert rows == [("mz-file", "file", 110, 3)]
+
+
+def test_sink_status_prune_and_uninstall(alerts_db, tmp_path):
+    """The operator's SQL: sink_status shows each sink's lag, prune drops only what every sink has
+    delivered, uninstall_changelog stops the logging and install_changelog brings it back."""
+    path = tmp_path / "s.ndjson"
+    listener = run_listener(alerts_db.dsn, [FileSink(str(path), name="f")])
+    try:
+        insert_flagged(alerts_db.dsn, 0, 10)
+        assert wait_until(lambda: len(read_ndjson(path)) == 10)
+    finally:
+        listener.stop()
+    insert_flagged(alerts_db.dsn, 10, 5)  # while no listener runs
+    with psycopg.connect(alerts_db.dsn, autocommit=True) as conn:
+        status = conn.execute("select sink, kind, delivered, lag_seq, lag_seconds > 0 "
+                              "from sentinel_alerts.sink_status").fetchall()
+        assert status == [("f", "file", 10, 5, True)]
+        assert conn.execute("select sentinel_alerts.prune(interval '0 s')").fetchone()[0] == 10
+        assert conn.execute("select count(*) from sentinel_alerts.change_log").fetchone()[0] == 5
+
+        def triggers() -> int:
+            return conn.execute("select count(*) from pg_trigger where tgrelid = "
+                                "'fraud.flagged_transactions'::regclass and not tgisinternal").fetchone()[0]
+
+        conn.execute("select sentinel_alerts.uninstall_changelog('fraud.flagged_transactions')")
+        assert triggers() == 0
+        insert_flagged(alerts_db.dsn, 15, 1)
+        assert conn.execute("select count(*) from sentinel_alerts.change_log").fetchone()[0] == 5
+        conn.execute("select sentinel_alerts.install_changelog('fraud.flagged_transactions')")
+        conn.execute("select sentinel_alerts.install_changelog('fraud.flagged_transactions')")  # idempotent
+        assert triggers() == 3
+        insert_flagged(alerts_db.dsn, 16, 1)
+        assert conn.execute("select count(*) from sentinel_alerts.change_log").fetchone()[0] == 6

@@ -136,6 +136,16 @@ $$;
 comment on function sentinel_alerts.log_changes() is
     'Statement-level AFTER trigger: appends the transition table to sentinel_alerts.change_log and notifies.';
 
+-- Removes the change-log triggers from a relation (its changes stop reaching the sinks).
+create or replace function sentinel_alerts.uninstall_changelog(relation regclass) returns void
+language plpgsql as $$
+begin
+    execute format('drop trigger if exists sentinel_alerts_log_insert on %s', relation);
+    execute format('drop trigger if exists sentinel_alerts_log_delete on %s', relation);
+    execute format('drop trigger if exists sentinel_alerts_log_update on %s', relation);
+end
+$$;
+
 -- Installs (or re-installs) the change-log triggers on a relation with txn_id and rule columns.
 -- The dbt macro sentinel_alert_changelog(relation) calls this as the post-hook of
 -- flagged_transactions, so every rebuild of the model gets its triggers back.
@@ -153,9 +163,7 @@ begin
         raise exception '% has no txn_id and rule columns: its alerts cannot be logged', relation
             using errcode = 'undefined_column';
     end if;
-    execute format('drop trigger if exists sentinel_alerts_log_insert on %s', relation);
-    execute format('drop trigger if exists sentinel_alerts_log_delete on %s', relation);
-    execute format('drop trigger if exists sentinel_alerts_log_update on %s', relation);
+    perform sentinel_alerts.uninstall_changelog(relation);
     execute format(
         'create trigger sentinel_alerts_log_insert after insert on %s '
         'referencing new table as new_rows '
@@ -174,15 +182,6 @@ begin
         'for each statement execute function sentinel_alerts.log_changes()',
         relation
     );
-end
-$$;
-
-create or replace function sentinel_alerts.uninstall_changelog(relation regclass) returns void
-language plpgsql as $$
-begin
-    execute format('drop trigger if exists sentinel_alerts_log_insert on %s', relation);
-    execute format('drop trigger if exists sentinel_alerts_log_delete on %s', relation);
-    execute format('drop trigger if exists sentinel_alerts_log_update on %s', relation);
 end
 $$;
 
