@@ -13,10 +13,6 @@
     {{ return(adapter.dispatch('sentinel_alert_changelog')(relation)) }}
 {%- endmacro %}
 
-{% macro default__sentinel_alert_changelog(relation) -%}
-    {{ return(postgres__sentinel_alert_changelog(relation)) }}
-{%- endmacro %}
-
 {% macro postgres__sentinel_alert_changelog(relation) -%}
     select sentinel_alerts.install_changelog('{{ relation.include(database=false) }}'::regclass)
 {%- endmacro %}
