@@ -140,11 +140,9 @@ class World:
                 weights.append(share / len(places))
         self.city_lat = np.array([c[0] for c in cities])
         self.city_lon = np.array([c[1] for c in cities])
-        self.city_name = [c[2] for c in cities]
         self.city_country = [c[3] for c in cities]
         w = np.array(weights)
         self.home_city_weights = w / w.sum()
-        self.home_cities = np.flatnonzero(w > 0)
         self.countries = sorted(by_country)
 
         # Card-present merchants: MERCHANTS_PER_CITY per city, the last one an ATM.
@@ -265,14 +263,6 @@ def _customer_number(card):
 
 
 _UTC = timezone.utc
-
-
-def _fmt_time(t: float) -> datetime:
-    return datetime.fromtimestamp(t, tz=timezone.utc)
-
-
-def _money(x: float) -> Decimal:
-    return Decimal(AMOUNT_FORMAT % x)
 
 
 # A normal purchase's COPY text after its event time: is_fraud false, no pattern.
@@ -453,14 +443,14 @@ class Generator:
             w.customer_id(card),
             merchant_id,
             category,
-            _money(amount),
+            Decimal(AMOUNT_FORMAT % amount),
             "USD",
             channel,
             country,
             lat,
             lon,
             device if device is not None else w.device_id(card),
-            _fmt_time(t),
+            datetime.fromtimestamp(t, _UTC),
             is_fraud,
             pattern,
         )
