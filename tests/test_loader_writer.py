@@ -41,16 +41,32 @@ def _wait_for_rows(dsn: str, at_least: int, timeout: float = 30.0) -> int:
     raise AssertionError(f"fewer than {at_least} rows after {timeout} s")
 
 
+def _loader_connections(conn: psycopg.Connection) -> int:
+    return conn.execute("select count(*) from pg_stat_activity where application_name = 'sentinel-loader' "
+                        "and datname = current_database()").fetchone()[0]
+
+
 def _wait_for_loader_connection(dsn: str, timeout: float = 60.0) -> None:
     """Until the loader process has connected (its signal handling is in place by then)."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            if conn.execute("select count(*) from pg_stat_activity where application_name = 'sentinel-loader' "
-                            "and datname = current_database()").fetchone()[0]:
+            if _loader_connections(conn):
                 return
             time.sleep(0.05)
     raise AssertionError("the loader did not connect")
+
+
+def _wait_for_loader_gone(dsn: str, timeout: float = 30.0) -> None:
+    """Until the server has ended the killed loader's session: a COPY whose end the loader had
+    sent may still commit after the process died."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if not _loader_connections(conn):
+                return
+            time.sleep(0.05)
+    raise AssertionError("the killed loader's session did not end")
 
 
 def test_resent_rows_are_ignored_and_counted_as_duplicates(db) -> None:
@@ -142,6 +158,7 @@ def test_killed_half_way_and_rerun_leaves_exactly_one_copy(db) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+    _wait_for_loader_gone(db.dsn)
     partial = len(_ids(db.dsn))
     assert 0 < partial < 40000
     rerun = subprocess.run(_load_cmd(db, *args, "--json"), cwd=REPO, capture_output=True, text=True,
