@@ -108,18 +108,16 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     logger.info("listening on %s engine; sinks: %s", listener.engine, ", ".join(s.name for s in built))
-    listener.start()
+
+    def log_stats(all_stats: list[SinkStats]) -> None:
+        for stats in all_stats:
+            logger.info(format_stats(stats))
+
     try:
-        interval = stats_interval or 3600.0
-        while not stop.wait(interval):
-            for stats in listener.stats():
-                logger.info(format_stats(stats))
+        listener.serve(stop, on_stats=log_stats, stats_interval=stats_interval or 3600.0)
     finally:
-        listener.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for stats in listener.stats():
-            logger.info(format_stats(stats))
 
 
 if __name__ == "__main__":

@@ -320,8 +320,14 @@ class Listener:
 
     def run(self, stop_event: threading.Event | None = None, *,
             on_stats: Callable[[list[SinkStats]], None] | None = None, stats_interval: float = 10.0) -> None:
-        """Open, run until `stop_event` is set (or forever), then stop."""
+        """Open, then serve until `stop_event` is set (or forever)."""
         self.open()
+        self.serve(stop_event, on_stats=on_stats, stats_interval=stats_interval)
+
+    def serve(self, stop_event: threading.Event | None = None, *,
+              on_stats: Callable[[list[SinkStats]], None] | None = None, stats_interval: float = 10.0) -> None:
+        """Start (after open()), pass the stats to `on_stats` every `stats_interval` s until
+        `stop_event` is set (or forever), then stop and pass them once more."""
         self.start()
         external = stop_event or threading.Event()
         try:

@@ -296,7 +296,7 @@ def parse_sink(spec: str, *, options: SinkOptions | None = None) -> Sink:
     raw = spec.strip()
     name: str | None = None
     match = _NAME.match(raw)
-    if match and not re.match(r"^[a-z]+:", match.group(1)):
+    if match:  # a NAME has no ':', so `file:a=b` is a path, not a name
         name, raw = match.group(1), match.group(2).strip()
     if raw == "stdout":
         return StdoutSink(name or "stdout")
@@ -340,9 +340,9 @@ def parse_sink(spec: str, *, options: SinkOptions | None = None) -> Sink:
             return value in ("", "1", "true", "yes")
 
         tls = parts.scheme == "smtps"
-        default_name = f"{parts.scheme}://{parts.hostname}:{port or (465 if tls else 25)}?to={','.join(to)}"
+        port = port or (465 if tls else 25)
         return SmtpSink(
-            parts.hostname, port or (465 if tls else 25), name or default_name, to=to,
+            parts.hostname, port, name or f"{parts.scheme}://{parts.hostname}:{port}?to={','.join(to)}", to=to,
             sender=(query.get("from") or [options.smtp_from])[-1], digest=flag("digest"),
             starttls=flag("starttls"), tls=tls,
             username=unquote(parts.username) if parts.username else None,
