@@ -4,6 +4,7 @@ once per episode, positions survive restarts."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -45,8 +46,6 @@ def run_listener(dsn, sinks, **kwargs) -> Listener:
 
 
 def stdout_ids(stream: io.StringIO) -> list[str]:
-    import json
-
     return [json.loads(line)["alert_id"] for line in stream.getvalue().splitlines() if line.strip()]
 
 
@@ -307,7 +306,7 @@ def insert_flagged_in(conn, txn_id: str) -> None:
                  (txn_id,))
 
 
-def test_webhook_slack_body(tmp_path):
+def test_webhook_slack_body():
     """The Slack-compatible body: {"text": one human line}, POSTed to a real local server."""
     from alerts.model import make_alert
 
