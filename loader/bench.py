@@ -12,12 +12,14 @@ long loader run (`--rss-count`) whose peak RSS shows memory stays flat. Figures,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -44,6 +46,28 @@ def _with_db(dsn: str, dbname: str) -> str:
     parts = conninfo_to_dict(dsn)
     parts["dbname"] = dbname
     return make_conninfo(**parts)
+
+
+@contextlib.contextmanager
+def scratch_database(owner: str, *, role_passwords: dict[str, str] | None = None) -> Iterator[str]:
+    """A new database on `owner`'s server with sql/postgres applied and `bench_raw.transactions`,
+    a table identical to `fraud.transactions` for the raw COPY baseline; yields its DSN and
+    drops it afterwards."""
+    from sentinel import schema
+
+    dbname = f"sentinel_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(owner, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
+    try:
+        dsn = _with_db(owner, dbname)
+        schema.apply(dsn, role_passwords=role_passwords)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("create schema bench_raw")
+            conn.execute(f"create table {RAW_TABLE} (like fraud.transactions including all)")
+        yield dsn
+    finally:
+        with psycopg.connect(owner, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
 
 
 def _clear(conn: psycopg.Connection) -> None:
@@ -90,19 +114,10 @@ def loader_run(dsn: str, count: int, seed: int, batch_rows: int) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
 def main(dsn: str | None, count: int, repeat: int, rss_count: int, batch_rows: int, as_json: bool) -> None:
     """Compare the loader's rate with a raw psycopg COPY and report its peak memory."""
-    from sentinel import schema
     from sentinel.console import console
 
-    owner = _owner_dsn(dsn)
-    dbname = f"sentinel_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(owner, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    bench_dsn = _with_db(owner, dbname)
-    try:
-        schema.apply(bench_dsn)
+    with scratch_database(_owner_dsn(dsn)) as bench_dsn:
         with psycopg.connect(bench_dsn, autocommit=True) as conn:
-            conn.execute("create schema bench_raw")
-            conn.execute(f"create table {RAW_TABLE} (like fraud.transactions including all)")
             console.print(f"pre-building {count:,} rows for the baseline…")
             rows = list(generate(GeneratorConfig(seed=1, count=count)))
             raw_rates, loader_rates, wall_rates = [], [], []
@@ -139,9 +154,6 @@ def main(dsn: str | None, count: int, repeat: int, rss_count: int, batch_rows: i
             "rss_count": rss_count,
             "loader_peak_rss_mb": rss,
         }
-    finally:
-        with psycopg.connect(owner, autocommit=True) as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     if as_json:
         click.echo(json.dumps(figures))
     console.print(

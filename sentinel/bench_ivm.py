@@ -5,43 +5,49 @@ raw COPY, empty vs with history, and a full recomputation of the models vs the p
 
 Starts a throw-away embedded engine (or uses --dsn, a superuser DSN), works in a scratch database,
 and prints figures; it asserts nothing. Rows come from the loader's generator and go through the
-loader's writer, exactly as `sentinel load` sends them.
+loader's writer, as `sentinel load` sends them (lists of rows, normal purchases as COPY lines).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from loader.bench import RAW_TABLE, baseline
-from loader.generator import GeneratorConfig, generate
+from loader.bench import baseline, scratch_database
+from loader.generator import GeneratorConfig, generate, generate_batches
 from loader.load import load
 from loader.writer import Writer
-from sentinel import schema
 from sentinel.console import console, out
 from sentinel.deploy import run_dbt
 
 
-def ingest(dsn: str, rows: Iterator[tuple], *, batch: int) -> tuple[float, float]:
-    """Write `rows` (a generator stream) through the loader; (rows/s, mean ms per batch)."""
-    summary = load(rows, Writer(dsn, batch_rows=batch, batch_ms=60_000))
+def ingest(dsn: str, batches: Iterator[list], *, batch: int) -> tuple[float, float]:
+    """Write generator batches through the loader's writer; (rows/s, mean ms per batch)."""
+    summary = load(batches, Writer(dsn, batch_rows=batch, batch_ms=60_000), batched=True)
     return summary.rows_per_s, 1000 * summary.elapsed_s / max(summary.batches, 1)
 
 
-def stream(seed: int, count: int, cards: int, after: object = None) -> Iterator[tuple]:
-    return generate(GeneratorConfig(seed=seed, count=count, cards=cards,
-                                    start=after + timedelta(seconds=1) if after is not None else None))
+def stream(seed: int, count: int, cards: int, after: datetime | None = None) -> Iterator[list]:
+    """What `sentinel load` sends: the generator's lists of rows, normal purchases as COPY lines."""
+    return generate_batches(GeneratorConfig(seed=seed, count=count, cards=cards,
+                                            start=after + timedelta(seconds=1) if after is not None else None))
+
+
+def head(batches: Iterator[list], rows: int) -> Iterator[list]:
+    """Whole lists from `batches` until at least `rows` rows; the rest stays in `batches`."""
+    n = 0
+    while n < rows and (chunk := next(batches, None)) is not None:
+        n += len(chunk)
+        yield chunk
 
 
 @contextlib.contextmanager
@@ -107,21 +113,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
     """Every figure, in a scratch database on the server of `admin` (dropped afterwards)."""
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    parts = conninfo_to_dict(admin)
-    parts["dbname"] = name
-    dsn = make_conninfo(**parts)
     figures: dict[str, float | int] = {}
-    try:
-        schema.apply(dsn, role_passwords={"sentinel_loader": uuid.uuid4().hex, "sentinel_analyst": uuid.uuid4().hex})
+    passwords = {"sentinel_loader": uuid.uuid4().hex, "sentinel_analyst": uuid.uuid4().hex}
+    with scratch_database(admin, role_passwords=passwords) as dsn:
         t = time.perf_counter()
         run_dbt(["run"], dsn=dsn, target_path=tmp / "target", log_path=tmp / "logs")
         figures["dbt_run_s"] = round(time.perf_counter() - t, 2)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("create schema bench_raw")
-            conn.execute(f"create table {RAW_TABLE} (like fraud.transactions including all)")
             raw_rate = baseline(conn, list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards))))
         empty_rate, empty_batch_ms = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch)
         figures.update(raw_copy_rows_per_s=round(raw_rate), models_rows_per_s_empty=round(empty_rate),
@@ -133,11 +131,11 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # so each card's windows and first uses meet its own past, as in production.
             console.print(f"loading {args.history:,} rows of history ...")
             rows = stream(3, args.history + args.rows, args.cards, after=latest_event(dsn))
-            ingest(dsn, itertools.islice(rows, args.history), batch=args.batch * 10)
+            ingest(dsn, head(rows, args.history), batch=args.batch * 10)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
             with profiling(dsn, args.profile, args.batch) as profile:
-                hist_rate, hist_batch_ms = ingest(dsn, rows, batch=args.batch)
+                hist_rate, hist_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch)
             figures.update(profile)
             with psycopg.connect(dsn) as conn:
                 n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
@@ -162,9 +160,6 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
         console.print(f"full recomputation of every model at {n:,} rows: {full:.2f} s (per-batch incremental: "
                       f"{figures.get('batch_ms_mean_history', figures['batch_ms_mean_empty'])} ms "
                       f"for {args.batch:,} rows)")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
     return figures
 
 
