@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 import click
 import psycopg
@@ -13,7 +12,7 @@ from alerts.listener import Listener, SinkStats
 from alerts.sinks import SINK_USAGE, SinkOptions, SinkSpecError, parse_sink
 from alerts.sources import AlertViewMissing, SinkBusy
 from sentinel.config import Settings, resolve_dsn
-from sentinel.console import console
+from sentinel.console import LogLines
 from sentinel.errors import one_line
 
 EXAMPLES = """
@@ -24,19 +23,6 @@ Examples:
   sentinel alerts --sink ops=webhook:https://hooks.slack.com/services/T0/B0/XX --from-now
   sentinel alerts --sink 'smtp://localhost:25?to=fraud@example.com&digest=1'
 """
-
-
-class ConsoleHandler(logging.Handler):
-    """Log records as plain status lines on the shared console (stderr)."""
-
-    def __init__(self, console) -> None:
-        super().__init__()
-        self.console = console
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        style = "yellow" if record.levelno >= logging.WARNING else None
-        self.console.print(f"{stamp} {record.getMessage()}", style=style, markup=False, highlight=False)
 
 
 def format_stats(stats: SinkStats) -> str:
@@ -82,8 +68,8 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
     except SinkSpecError as exc:
         raise click.BadParameter(str(exc), param_hint="--sink") from None
     logger = logging.getLogger("alerts")
-    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
-        logger.addHandler(ConsoleHandler(console))
+    if not any(isinstance(h, LogLines) for h in logger.handlers):
+        logger.addHandler(LogLines(clock=True))
     logger.setLevel(logging.INFO)
     logger.propagate = False
 

@@ -21,7 +21,7 @@ from loader.schema import FRAUD_PATTERNS, RowError, parse_time
 from loader.writer import Writer, WriterError
 
 from sentinel.config import Settings, resolve_dsn
-from sentinel.console import console
+from sentinel.console import LogLines, console
 from sentinel.errors import SentinelError
 
 
@@ -47,13 +47,6 @@ def parse_shares(items: tuple[str, ...], fraud_share: float | None) -> dict[str,
             except ValueError:
                 raise click.BadParameter(f"{value!r} is not a number", param_hint="--share") from None
     return shares
-
-
-class _ConsoleLog(logging.Handler):
-    """Writer faults (one line per episode) to the console."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        console.print(f"[yellow]warning:[/] {record.getMessage()}", markup=True)
 
 
 def _summary_line(s: LoadSummary) -> str:
@@ -168,7 +161,7 @@ def load(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
 
-    handler = _ConsoleLog()
+    handler = LogLines()
     logger = logging.getLogger("sentinel.loader")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

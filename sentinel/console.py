@@ -1,8 +1,10 @@
 """The one console every command prints through: status to stderr, data to stdout."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,3 +24,18 @@ def is_interactive() -> bool:
 def error(message: str) -> None:
     """Print one error line (the message as is: a `[...]` in it is text, not markup)."""
     console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+
+
+class LogLines(logging.Handler):
+    """Log records as status lines on the console: warnings marked, the message never read as markup.
+    With `clock`, each line starts with the time (long-running services such as the listener)."""
+
+    def __init__(self, *, clock: bool = False) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        head = time.strftime("%H:%M:%S ", time.localtime(record.created)) if self.clock else ""
+        if record.levelno >= logging.WARNING:
+            head += "[yellow]warning:[/] "
+        console.print(f"{head}{escape(record.getMessage())}", markup=True)
