@@ -3,6 +3,7 @@ flagged row reaches every sink at least once, a failing sink holds back nothing,
 once per episode, positions survive restarts."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -43,6 +45,16 @@ def run_listener(dsn, sinks, **kwargs) -> Listener:
     listener.open()
     listener.start()
     return listener
+
+
+@contextlib.contextmanager
+def listening(dsn, sinks, **kwargs) -> Iterator[Listener]:
+    """A running listener (fast retries) for the block, stopped after it."""
+    listener = run_listener(dsn, sinks, **kwargs)
+    try:
+        yield listener
+    finally:
+        listener.stop()
 
 
 def stdout_ids(stream: io.StringIO) -> list[str]:
@@ -80,14 +92,11 @@ def test_every_sink_gets_every_alert(alerts_db, tmp_path):
             parse_sink(f"smtp://127.0.0.1:{smtp.port}?to=fraud@example.com,ops@example.com&digest=1"),
             parse_sink(f"each=smtp://127.0.0.1:{smtp.port}?to=one@example.com"),
         ]
-        listener = run_listener(alerts_db.dsn, sinks)
-        try:
+        with listening(alerts_db.dsn, sinks) as listener:
             after = insert_flagged(alerts_db.dsn, 30, 40, per_txn=7)
             expected = before + after
             assert wait_until(lambda: len(read_ndjson(path)) >= 70 and len(hook.ids()) >= 70
                               and len(stdout_ids(out)) >= 70 and len(smtp.alert_ids()) >= 140)
-        finally:
-            listener.stop()
         # in order, nothing lost, nothing duplicated (no fault happened)
         assert [a["alert_id"] for a in read_ndjson(path)] == expected
         assert hook.ids() == expected
@@ -120,8 +129,7 @@ def test_failing_sinks_hold_back_nothing_and_log_once(alerts_db, tmp_path, caplo
                  WebhookSink(slow.url, name="slow", timeout=0.3),
                  parse_sink(f"mail=smtp://127.0.0.1:{smtp.port}?to=fraud@example.com&digest=1"),
                  FileSink(str(blocked), name="blocked")]
-        listener = run_listener(alerts_db.dsn, sinks)
-        try:
+        with listening(alerts_db.dsn, sinks) as listener:
             expected = insert_flagged(alerts_db.dsn, 0, 25, per_txn=5)
             assert wait_until(lambda: len(read_ndjson(good)) == 25, timeout=10)
             assert wait_until(lambda: failing.attempts >= 3 and slow.attempts >= 3 and smtp.attempts >= 3)
@@ -139,8 +147,6 @@ def test_failing_sinks_hold_back_nothing_and_log_once(alerts_db, tmp_path, caplo
             expected += more
             assert wait_until(lambda: len(set(failing.ids())) == 30 and len(set(slow.ids())) == 30
                               and len(set(smtp.alert_ids())) == 30 and len(read_ndjson(blocked)) == 30)
-        finally:
-            listener.stop()
     assert [a["alert_id"] for a in read_ndjson(good)] == expected
     assert failing.ids() == expected  # every POST answered 500 was not counted: in order, no loss
     assert [i for i in dict.fromkeys(slow.ids())] == expected  # timed-out POSTs may repeat (same id)
@@ -159,13 +165,10 @@ def test_positions_resume_and_from_now(alerts_db, tmp_path):
     listener.stop()
     second = insert_flagged(alerts_db.dsn, 10, 10)  # while no listener runs
     late = tmp_path / "late.ndjson"
-    listener = run_listener(alerts_db.dsn, [FileSink(str(path)), FileSink(str(late))], from_now=True)
-    try:
+    with listening(alerts_db.dsn, [FileSink(str(path)), FileSink(str(late))], from_now=True) as listener:
         assert wait_until(lambda: len(read_ndjson(path)) == 20)
         third = insert_flagged(alerts_db.dsn, 20, 5)
         assert wait_until(lambda: len(read_ndjson(path)) == 25 and len(read_ndjson(late)) == 5)
-    finally:
-        listener.stop()
     # the known sink resumed where it stopped (a clean stop: no duplicates); the new one from now
     assert [a["alert_id"] for a in read_ndjson(path)] == first + second + third
     assert [a["alert_id"] for a in read_ndjson(late)] == third
@@ -277,8 +280,7 @@ def test_a_seq_that_commits_late_is_not_skipped(alerts_db, tmp_path):
     """A change-log row whose transaction commits after a later seq's: delivered, in seq order.
     (The triggers' lock prevents this for model writes; a writer bypassing it must not lose alerts.)"""
     path = tmp_path / "late.ndjson"
-    listener = run_listener(alerts_db.dsn, [FileSink(str(path))])
-    try:
+    with listening(alerts_db.dsn, [FileSink(str(path))]):
         with psycopg.connect(alerts_db.dsn) as slow_writer:
             slow_writer.execute(
                 "insert into sentinel_alerts.change_log (alert_id, op, txn_id, rule, payload) "
@@ -294,8 +296,6 @@ def test_a_seq_that_commits_late_is_not_skipped(alerts_db, tmp_path):
         assert wait_until(lambda: len(read_ndjson(path)) == 4)
         more = insert_flagged(alerts_db.dsn, 10, 2)
         assert wait_until(lambda: len(read_ndjson(path)) == 6)
-    finally:
-        listener.stop()
     delivered = read_ndjson(path)
     assert [a["alert_id"] for a in delivered] == ["slow:high_value", *fast, *more]
     assert [a["seq"] for a in delivered] == sorted(a["seq"] for a in delivered)
@@ -321,21 +321,15 @@ def test_webhook_slack_body():
 
 def test_one_listener_per_sink_and_standby_takes_over(alerts_db, tmp_path):
     path = tmp_path / "one.ndjson"
-    first = run_listener(alerts_db.dsn, [FileSink(str(path), name="shared")])
-    try:
+    with listening(alerts_db.dsn, [FileSink(str(path), name="shared")]):
         second = Listener(alerts_db.dsn, [FileSink(str(path), name="shared")])
         with pytest.raises(SinkBusy, match="served by another listener"):
             second.open()
         insert_flagged(alerts_db.dsn, 0, 5)
         assert wait_until(lambda: len(read_ndjson(path)) == 5)
-    finally:
-        first.stop()
-    second = run_listener(alerts_db.dsn, [FileSink(str(path), name="shared")])
-    try:
+    with listening(alerts_db.dsn, [FileSink(str(path), name="shared")]) as second:
         insert_flagged(alerts_db.dsn, 5, 5)
         assert wait_until(lambda: len(read_ndjson(path)) == 10)
-    finally:
-        second.stop()
     assert len({a["alert_id"] for a in read_ndjson(path)}) == 10
 
 
@@ -396,12 +390,9 @@ def test_sink_status_prune_and_uninstall(alerts_db, tmp_path):
     """The operator's SQL: sink_status shows each sink's lag, prune drops only what every sink has
     delivered, uninstall_changelog stops the logging and install_changelog brings it back."""
     path = tmp_path / "s.ndjson"
-    listener = run_listener(alerts_db.dsn, [FileSink(str(path), name="f")])
-    try:
+    with listening(alerts_db.dsn, [FileSink(str(path), name="f")]):
         insert_flagged(alerts_db.dsn, 0, 10)
         assert wait_until(lambda: len(read_ndjson(path)) == 10)
-    finally:
-        listener.stop()
     insert_flagged(alerts_db.dsn, 10, 5)  # while no listener runs
     with psycopg.connect(alerts_db.dsn, autocommit=True) as conn:
         status = conn.execute("select sink, kind, delivered, lag_seq, lag_seconds > 0 "
