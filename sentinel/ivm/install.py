@@ -10,7 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.ivm.planner import Branch, IvmUnsupported, P, Plan, Step, _cols, _q, _qi, multiset_diff, plan
+from sentinel.ivm import group
+from sentinel.ivm.planner import (Branch, IvmUnsupported, P, Plan, Step, _cols, _q, _qi, _WindowSql, multiset_diff,
+                                  plan, watermark_name)
 
 EVENTS = {"insert": "i", "delete": "d", "update": "u"}
 
@@ -60,7 +62,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
     # Hold writers: upstream sources first (sorted, one order for everyone), then the global lock.
     for rel in sorted(set(roots) | set(p.inputs)):
         cur.execute(f"lock table {_q(rel)} in share row exclusive mode")
-    cur.execute("select sentinel_ivm.lock()")
+    cur.execute("select sentinel_ivm.lock_all()")
     if reg:
         _drop_triggers(cur, relation, reg["inputs"])
     tmp = f"{P}next"
@@ -97,6 +99,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
         result.inserted = cur.rowcount
     cur.execute(f"drop table pg_temp.{tmp}")
     _ensure_indexes(cur, p)
+    _install_watermark(cur, p)
     _install_triggers(cur, p)
     cur.execute(
         "insert into sentinel_ivm.models (relation, model, shape, inputs, roots, columns, locator, sql, fingerprint) "
@@ -107,6 +110,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
         "installed_at = case when sentinel_ivm.models.fingerprint = excluded.fingerprint "
         "then sentinel_ivm.models.installed_at else now() end",
         (relation, model, p.shape, p.inputs, sorted(roots), p.columns, p.locator, sql, p.fingerprint))
+    _install_groups(cur, p.inputs)
     # Dependents lost their triggers with the dropped table: rebuild them from their registered SQL.
     for dep in dependents:
         deploy_model(cur, model=dep["model"], relation=dep["relation"], sql=dep["sql"],
@@ -120,6 +124,7 @@ def drop_model(cur: Any, relation: str) -> None:
     if reg:
         _drop_triggers(cur, relation, reg["inputs"])
         cur.execute("delete from sentinel_ivm.models where relation = %s", (relation,))
+        _install_groups(cur, reg["inputs"])
 
 
 # ----- pieces -----------------------------------------------------------------------------
@@ -190,6 +195,23 @@ def _ensure_indexes(cur: Any, p: Plan) -> None:
                     f"({_cols(p.locator)})")
 
 
+def _in_group(p: Plan) -> bool:
+    """Whether appends to `p`'s input reach it through its input's window group."""
+    return len(p.inputs) == 1 and group.member(p, p.inputs[0]) is not None
+
+
+def _install_watermark(cur: Any, p: Plan) -> None:
+    """A window model's watermarks, computed from its current input (writers are held)."""
+    cur.execute(f"drop table if exists {_q(watermark_name(p.relation))}")
+    if _in_group(p):
+        p.watermark = None  # its group keeps the watermarks
+    if p.watermark is None:
+        return
+    init = _WindowSql(p, p.inputs[0], f"{P}new").watermark_init()
+    cur.execute(f"create table {_q(p.watermark)} as {init}")
+    cur.execute(f"alter table {_q(p.watermark)} add primary key (bucket)")
+
+
 def _func_name(relation: str, source: str, event: str) -> str:
     h = hashlib.sha1(f"{relation}|{source}".encode()).hexdigest()[:10]
     name = relation.split(".")[-1][:32]
@@ -202,8 +224,13 @@ def _trigger_name(relation: str, event: str) -> str:
 
 
 def _install_triggers(cur: Any, p: Plan) -> None:
+    # Maintenance that joins inputs reads rows other writers may be changing: it runs alone.
+    lock = "lock_all" if p.joined else "lock"
+    grouped = _in_group(p)
     for source in p.inputs:
         for event in EVENTS:
+            if grouped and event == "insert":
+                continue  # the input's group trigger maintains it
             stmts = p.statements(source, event)
             fn = _func_name(p.relation, source, event)
             check = {"insert": f"{P}new", "delete": f"{P}old", "update": f"{P}new"}[event]
@@ -221,7 +248,7 @@ def _install_triggers(cur: Any, p: Plan) -> None:
                 f"declare {P}test boolean;\n"
                 f"begin{prelude}\n"
                 f"    if not exists (select from {check}) then return null; end if;\n"
-                f"    perform sentinel_ivm.lock();\n{body}\n    return null;\nend\n$ivm$")
+                f"    perform sentinel_ivm.{lock}();\n{body}\n    return null;\nend\n$ivm$")
             cur.execute(f"revoke all on function {fn}() from public")
             refs = {"insert": f"new table as {P}new", "delete": f"old table as {P}old",
                     "update": f"old table as {P}old new table as {P}new"}[event]
@@ -270,6 +297,7 @@ def _dollar(text: str) -> str:
 
 
 def _drop_triggers(cur: Any, relation: str, inputs: list[str]) -> None:
+    cur.execute(f"drop table if exists {_q(watermark_name(relation))}")
     for source in inputs:
         if _relkind(cur, source) is None:
             continue
@@ -281,4 +309,67 @@ def _drop_triggers(cur: Any, relation: str, inputs: list[str]) -> None:
 def _triggers_present(cur: Any, p: Plan) -> bool:
     cur.execute("select count(*) from pg_trigger where tgname = any(%s) and not tgisinternal",
                 ([_trigger_name(p.relation, e) for e in EVENTS],))
-    return cur.fetchone()[0] == len(EVENTS) * len(p.inputs)
+    return cur.fetchone()[0] == (len(EVENTS) - _in_group(p)) * len(p.inputs)
+
+
+# ----- window groups ----------------------------------------------------------------------
+
+def _install_groups(cur: Any, inputs: list[str]) -> None:
+    """(Re)build the window-group triggers of `inputs` from the registered models (see group.py):
+    one trigger per input and (partition, order) columns maintains its members on inserts and
+    keeps the group's watermarks; a group without members goes, with its watermarks."""
+    for rel in inputs:
+        if _relkind(cur, rel) is None:
+            continue
+        cur.execute("select relation, model, sql, columns from sentinel_ivm.models "
+                    "where shape = 'window' and inputs = array[%s]::text[] order by relation", (rel,))
+        plans = []
+        for relation, model, sql, columns in cur.fetchall():
+            p = plan(sql, model=model, relation=relation)
+            p.columns = list(columns)
+            plans.append(p)
+        wanted = group.groups(plans, rel)
+        cur.execute("select tgname from pg_trigger where tgrelid = %s::regclass and tgname like 'ivm\\_group\\_%%'",
+                    (_q(rel),))
+        present = {r[0] for r in cur.fetchall()}
+        keep = set()
+        columns = _columns(cur, rel)
+        for (key, order), members in wanted.items():
+            g = group.Group(rel, members, columns)
+            tag = _group_tag(rel, key, order)
+            keep |= {f"ivm_group_{tag}_i", f"ivm_group_{tag}_u"}
+            if f"ivm_group_{tag}_i" not in present:
+                # a new group: its watermarks from the input as it is (writers are held)
+                cur.execute(f"drop table if exists {_q(g.wm)}")
+                cur.execute(f"create table {_q(g.wm)} as {group.watermark_init(rel, key, order)}")
+                cur.execute(f"alter table {_q(g.wm)} add primary key (bucket)")
+            for event, steps in (("i", g.statements()), ("u", [g.watermark_update()])):
+                fn = f"sentinel_ivm.{_qi(f'g_{rel.split(chr(46))[-1][:32]}_{tag}_{event}')}"
+                check = f"{P}new"
+                cur.execute(
+                    f"create or replace function {fn}() returns trigger\n"
+                    f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
+                    f"declare {P}test boolean;\n"
+                    f"begin\n    if not exists (select from {check}) then return null; end if;\n"
+                    f"    perform sentinel_ivm.lock();\n{_plpgsql(steps)}\n    return null;\nend\n$ivm$")
+                cur.execute(f"revoke all on function {fn}() from public")
+                refs = f"new table as {P}new" if event == "i" else f"old table as {P}old new table as {P}new"
+                tg = f"ivm_group_{tag}_{event}"
+                cur.execute(f"drop trigger if exists {_qi(tg)} on {_q(rel)}")
+                cur.execute(f"create trigger {_qi(tg)} after {'insert' if event == 'i' else 'update'} on {_q(rel)} "
+                            f"referencing {refs} for each statement execute function {fn}()")
+        for tg in sorted(present - keep):
+            cur.execute(f"select p.oid::regprocedure::text from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
+                        f"where t.tgrelid = %s::regclass and t.tgname = %s", (_q(rel), tg))
+            fn = cur.fetchone()[0]
+            cur.execute(f"drop trigger {_qi(tg)} on {_q(rel)}")
+            cur.execute(f"drop function if exists {fn}")
+            if tg.endswith("_i"):
+                cur.execute("select format('%%I.%%I', schemaname, tablename) from pg_tables "
+                            "where schemaname = 'sentinel_ivm' and tablename like %s", (f"wmg\\_%\\_{tg[10:-2]}",))
+                for (wm,) in cur.fetchall():
+                    cur.execute(f"drop table {wm}")
+
+
+def _group_tag(rel: str, key: str, order: str) -> str:
+    return hashlib.sha1(f"{rel}|{key}|{order}".encode()).hexdigest()[:10]

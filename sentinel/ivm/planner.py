@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 import sqlglot
 from sqlglot import exp
 
+from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
+
 DIALECT = "postgres"
-PLAN_VERSION = "9"
+PLAN_VERSION = "11"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -76,6 +78,7 @@ class Plan:
     group_keys: list[str] = field(default_factory=list)  # aggregate: unique key of the table
     columns: list[str] = field(default_factory=list)  # output columns (set by the deployer)
     fingerprint: str = ""
+    watermark: str | None = None  # window models: schema.table of the per-bucket watermarks
     _tree: exp.Expression | None = None
     _info: dict = field(default_factory=dict)
 
@@ -109,120 +112,18 @@ class Plan:
 
     # ----- window -------------------------------------------------------------------------
     def _window_recompute(self, relation: str, delta: str) -> list[Step]:
-        info = self._info
-        tree: exp.Select = self._tree.copy()
-        ctes = _pop_ctes(tree)
-        reach = _reaching(ctes, relation)
-        deltas: list[exp.CTE] = []  # the CTEs upstream of the window, over the delta
-        # 1. the window's input over the delta: affected keys and t0 per key
-        scope_path = info["scope"]  # cte name or "" for the main select
-        names = [c.alias for c in ctes]
-        cut = names.index(scope_path) if scope_path else len(ctes)
-        for cte in ctes[:cut]:
-            if cte.alias in reach:
-                d = cte.this.copy()
-                _replace_inputs(d, relation, delta, reach)
-                deltas.append(_cte(P + "d_" + cte.alias, d))
-        scope = tree if scope_path == "" else next(c.this for c in ctes if c.alias == scope_path)
-        src: exp.Expression = scope.args["from_"].this
-        alias = src.alias_or_name
-        where = scope.args.get("where")
-        keys_sql = [k.sql(DIALECT) for k in info["keys"]]
-        t_sql = info["order"].sql(DIALECT)
-        d_src = exp.Subquery(this=exp.select("*").from_(src.copy()))
-        _replace_inputs(d_src, relation, delta, reach)
-        d_src = d_src.this.args["from_"].this
-        d_src = _as_alias(d_src, alias)
-        kcols = [f"{P}k{i}" for i in range(len(keys_sql))]
-        sel = ", ".join(f"{k} as {c}" for k, c in zip(keys_sql, kcols))
-        wh = f"where {where.this.sql(DIALECT)}" if where else ""
-        keys_query = ("with " + ",\n".join(c.sql(DIALECT) for c in deltas) + "\n" if deltas else "") + (
-            f"select {sel}, min({t_sql}) as {P}t0 from {d_src.sql(DIALECT)} {wh} "
-            f"group by {', '.join(str(i + 1) for i in range(len(kcols)))}")
-        # Session temp tables (one set per model and column layout): the affected keys, the
-        # recomputed rows from each key's t0 on, and the model's current rows there.
-        tag = hashlib.sha256("\x00".join([self.fingerprint, *self.columns]).encode()).hexdigest()[:16]
-        k_tab, f_tab, o_tab = (f"pg_temp.{_qi(P + x + '_' + tag)}" for x in "kfo")
-        # 2. the lower bound of the inputs each key's recomputation reads
-        o_src = _as_alias(src.copy(), alias).sql(DIALECT)
-        key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(keys_sql, kcols))
-        extra = f" and ({where.this.sql(DIALECT)})" if where else ""
-        lbs: list[Lookback] = info["lookbacks"]
-        base = f"{P}kk.{P}t0"
-        if any(x.unbounded for x in lbs):
-            since = ""  # the key's whole history
-        else:
-            for x in reversed(lbs[1:]):  # outer windows first: each reads the inner one's output from base
-                if x.interval:
-                    base = f"({base}) - {x.interval}"
-            inner = lbs[0]
-            bounds = [base]
-            if inner.interval:
-                bounds.append(f"({base}) - {inner.interval}")
-            if inner.rows:
-                # the earliest of the key's last `rows` rows before base: one backward index scan
-                # (fewer rows: the key's first; none: null, which least() ignores)
-                bounds.append(
-                    f"(select min({P}p.{P}t) from (select {t_sql} as {P}t from {o_src} where {key_match}{extra} "
-                    f"and {t_sql} < ({base}) order by {t_sql} desc limit {inner.rows}) as {P}p)")
-            since = f" and {t_sql} >= least({', '.join(bounds)})"
-        # 3. the model, its window input restricted to the affected keys from their lower bound
-        top1 = info["top1"] if delta == f"{P}new" else None  # the first-row shortcut holds for appends
-        if top1:
-            # First row per key over appended rows: the new first is among the current first (the
-            # model's row) and the new rows, so the key's history is never read.
-            need = _cols(top1)
-            current = " and ".join(f"{P}m.{_qi(c)} = {P}kk.{k}" for c, k in zip(info["out_keys"], kcols))
-            restricted = sqlglot.parse_one(
-                f"select {need} from {d_src.sql(DIALECT)} union all "
-                f"select {_cols(top1, P + 'x')} from {k_tab} as {P}kk cross join lateral "
-                f"(select {_cols(top1, P + 'm')} from {_q(self.relation)} as {P}m where {current} offset 0) as {P}x",
-                read=DIALECT)
-        else:
-            # `offset 0` keeps each lateral read a per-key index scan: flattened into a join, the
-            # planner may hash the whole input instead, a cost that grows with history. Keys in
-            # order, restated outside, let the window sort each key's few rows (an incremental
-            # sort) instead of sorting all of them.
-            restricted = sqlglot.parse_one(
-                f"select {_qi(alias)}.* from (select * from {k_tab} order by {', '.join(kcols)}) as {P}kk "
-                f"cross join lateral (select * from {o_src} where {key_match}{since} offset 0) as {_qi(alias)} "
-                f"where " + " and ".join(f"{_qi(alias)}.{k} = {P}kk.{c}" for k, c in zip(keys_sql, kcols)),
-                read=DIALECT)
-        scope.args["from_"].set("this", exp.Subquery(this=restricted, alias=exp.TableAlias(this=exp.to_identifier(alias))))
-        body = []
-        for cte in ctes:
-            if cte.alias in reach:
-                cte.set("materialized", False)
-            body.append(cte)
-        out_keys = info["out_keys"]
-        out_t = info["out_order"]
-        since_t0 = " and ".join(
-            [f"{P}f.{_qi(c)} = {P}kk.{k}" for c, k in zip(out_keys, kcols)]
-            + [f"{P}f.{_qi(out_t)} >= {P}kk.{P}t0"])
-        if top1:
-            body = deltas + body  # the new rows of the window's input
-        prefix = ("with " + ",\n".join(c.sql(DIALECT) for c in body) + "\n") if body else ""
-        cols = self.columns
-        # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change)
-        fill = (f"{prefix}insert into {f_tab} select {P}f.* from ({tree.sql(DIALECT)}) as {P}f "
-                f"where exists (select from {k_tab} as {P}kk where {since_t0})")
-        old = (f"insert into {o_tab} select {P}x.* from {k_tab} as {P}kk cross join lateral "
-               f"(select {P}f.ctid, {P}f.* from {_q(self.relation)} as {P}f where {since_t0} offset 0) as {P}x")
-        # Two statements, delete then insert: downstream triggers see each kind separately.
-        delete, insert = multiset_diff(self.relation, cols, f"table {o_tab}", f"table {f_tab}")
-        return [
-            _create_temp(k_tab, keys_query),
-            _create_temp(f_tab, f"select * from {_q(self.relation)}"),
-            _create_temp(o_tab, f"select ctid as {P}ctid, * from {_q(self.relation)}"),
-            f"insert into {k_tab} {keys_query}",
-            fill,
-            old,
-            # in-order input leaves no model rows at or after t0: the fresh rows are the whole change
-            Branch(f"select exists (select from {o_tab})", [delete, insert],
-                   [Branch(f"select exists (select from {f_tab})", [
-                       f"insert into {_q(self.relation)} ({_cols(cols)}) select {_cols(cols)} from {f_tab}"])]),
-            f"delete from {k_tab}", f"delete from {f_tab}", f"delete from {o_tab}",
-        ]
+        """Appends take the fast path where they can (see `_WindowSql`); everything else, and the
+        keys the fast path cannot take, recompute each affected key from its t0 and apply the diff."""
+        w = _WindowSql(self, relation, delta)
+        steps: list[Step] = [w.lock_keys()]
+        if delta != f"{P}new":
+            steps += w.general()
+            return steps + [w.watermark_update()] if w.watermark and delta == f"{P}oldnew" else steps
+        if w.top1:
+            return steps + [Branch(w.top1_fast(), w.general(slow=True))]
+        if w.watermark:
+            return steps + [Branch(w.window_fast(), w.general(slow=True)), w.watermark_update()]
+        return steps + w.general()
 
     # ----- aggregate ----------------------------------------------------------------------
     def _aggregate_merge(self, relation: str, delta: str) -> str:
@@ -239,7 +140,9 @@ class Plan:
             elif kind == "max":
                 sets.append(f"{c} = greatest({t}, excluded.{c})")
         action = f"do update set {', '.join(sets)}" if sets else "do nothing"
-        return (f"insert into {_q(self.relation)} ({_cols(self.columns)})\n{q}\n"
+        # Groups in key order: concurrent writers lock shared groups in one order (no deadlock).
+        return (f"insert into {_q(self.relation)} ({_cols(self.columns)})\n"
+                f"select * from ({q}) as {P}a order by {_cols(self.group_keys, P + 'a')}\n"
                 f"on conflict ({_cols(self.group_keys)}) {action}")
 
     def _aggregate_recompute(self, relation: str, delta: str) -> list[str]:
@@ -258,6 +161,267 @@ class Plan:
         body = ",\n".join([touched_cte] + [c.sql(DIALECT) for c in ctes])
         insert = f"with {body}\ninsert into {_q(self.relation)} ({_cols(self.columns)})\n{tree.sql(DIALECT)}"
         return [delete, insert]
+
+
+class _WindowSql:
+    """The SQL that keeps a per-key window model current, for one input relation and delta.
+
+    Appends (`__ivm_new`) take a fast path where they can. A key whose new rows all come after
+    every row its window input already had ("in order") changes no output row it had: the new
+    outputs are those of the new rows, computed from the new rows and the key's lookback, and are
+    simply inserted. "In order" is known without reading the model: per bucket of keys the model
+    keeps a watermark, the highest order value its window input has had (`sentinel_ivm.wm_*`),
+    and a key whose t0 is above its bucket's watermark is in order. The lookback is read from
+    the input below t0 only (the new rows come from the transition table), bounded as the frames
+    need (`fetch first N rows with ties` for row counts). A conjunct of the model's last filters
+    that reads only columns passed through from the window's input row (`amount >= 200`)
+    decides, on the new rows alone, which keys can get an output at all; the others are skipped.
+    First-row-per-key models (`top1`) compare the model's own row with t0 instead.
+
+    Keys that are not in order take the general path: the key's inputs from its lower bound, the
+    model recomputed from t0, and the multiset difference with the model's rows there.
+    """
+
+    def __init__(self, p: Plan, relation: str, delta: str) -> None:
+        info = p._info
+        self.p = p
+        self.relation = relation
+        self.delta = delta
+        self.top1 = info["top1"] if delta == f"{P}new" else None
+        self.watermark = p.watermark
+        tree: exp.Select = p._tree.copy()
+        ctes = _pop_ctes(tree)
+        self.reach = _reaching(ctes, relation)
+        self.scope_path = info["scope"]  # cte name or "" for the main select
+        names = [c.alias for c in ctes]
+        cut = names.index(self.scope_path) if self.scope_path else len(ctes)
+        # the CTEs upstream of the window, over the delta
+        self.deltas: list[exp.CTE] = []
+        for cte in ctes[:cut]:
+            if cte.alias in self.reach:
+                d = cte.this.copy()
+                _replace_inputs(d, relation, delta, self.reach)
+                self.deltas.append(_cte(P + "d_" + cte.alias, d))
+        scope = tree if self.scope_path == "" else next(c.this for c in ctes if c.alias == self.scope_path)
+        src: exp.Expression = scope.args["from_"].this
+        self.alias = src.alias_or_name
+        where = scope.args.get("where")
+        self.where = where.this.sql(DIALECT) if where else None
+        self.keys = [k.sql(DIALECT) for k in info["keys"]]
+        self.t = info["order"].sql(DIALECT)
+        d_src = exp.Subquery(this=exp.select("*").from_(src.copy()))
+        _replace_inputs(d_src, relation, delta, self.reach)
+        self.d_src = _as_alias(d_src.this.args["from_"].this, self.alias).sql(DIALECT)
+        self.o_src = _as_alias(src.copy(), self.alias).sql(DIALECT)
+        self.kcols = [f"{P}k{i}" for i in range(len(self.keys))]
+        self.key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(self.keys, self.kcols))
+        self.out_keys = info["out_keys"]
+        self.out_t = info["out_order"]
+        self.lbs: list[Lookback] = info["lookbacks"]
+        self.pushed = info.get("pushed")  # a filter on the new rows that every output row passes
+        # Session temp tables (one set per model and column layout): the affected keys, the
+        # recomputed rows from each key's t0 on, and the model's current rows there.
+        tag = hashlib.sha256("\x00".join([p.fingerprint, *p.columns]).encode()).hexdigest()[:16]
+        self.k_tab, self.f_tab, self.o_tab = (f"pg_temp.{_qi(P + x + '_' + tag)}" for x in "kfo")
+
+    # --- pieces ---
+    def _with(self, ctes: list[str]) -> str:
+        return ("with " + ",\n".join(ctes) + "\n") if ctes else ""
+
+    def _delta_ctes(self) -> list[str]:
+        return [c.sql(DIALECT) for c in self.deltas]
+
+    def _keys_select(self, extra_cols: str = "") -> str:
+        """Affected keys of the delta with their t0 (the lowest order value of their new rows)."""
+        sel = ", ".join(f"{k} as {c}" for k, c in zip(self.keys, self.kcols))
+        wh = f" where {self.where}" if self.where else ""
+        return (f"select {sel}, min({self.t}) as {P}t0{extra_cols} from {self.d_src}{wh} "
+                f"group by {', '.join(str(i + 1) for i in range(len(self.kcols)))}")
+
+    def _model_over(self, restricted: str, head: list[str]) -> tuple[str, str]:
+        """(with-prefix, final select) of the model, its window input replaced by `restricted`."""
+        tree: exp.Select = self.p._tree.copy()
+        ctes = _pop_ctes(tree)
+        scope = tree if self.scope_path == "" else next(c.this for c in ctes if c.alias == self.scope_path)
+        scope.args["from_"].set("this", exp.Subquery(this=sqlglot.parse_one(restricted, read=DIALECT),
+                                                     alias=exp.TableAlias(this=exp.to_identifier(self.alias))))
+        for cte in ctes:
+            if cte.alias in self.reach:
+                cte.set("materialized", False)
+        return self._with(head + [c.sql(DIALECT) for c in ctes]), tree.sql(DIALECT)
+
+    def _since(self, base: str) -> str:
+        """The lower bound of the inputs a key's recomputation from `base` reads ('' = all)."""
+        lbs = self.lbs
+        if any(x.unbounded for x in lbs):
+            return ""  # the key's whole history
+        for x in reversed(lbs[1:]):  # outer windows first: each reads the inner one's output from base
+            if x.interval:
+                base = f"({base}) - {x.interval}"
+        inner = lbs[0]
+        bounds = [base]
+        if inner.interval:
+            bounds.append(f"({base}) - {inner.interval}")
+        if inner.rows:
+            # the earliest of the key's last `rows` rows before base: one backward index scan
+            # (fewer rows: the key's first; none: null, which least() ignores)
+            extra = f" and ({self.where})" if self.where else ""
+            bounds.append(
+                f"(select min({P}p.{P}t) from (select {self.t} as {P}t from {self.o_src} where {self.key_match}{extra} "
+                f"and {self.t} < ({base}) order by {self.t} desc limit {inner.rows}) as {P}p)")
+        return f" and {self.t} >= least({', '.join(bounds)})"
+
+    def _since_t0(self, alias: str, keys: str) -> str:
+        return " and ".join([f"{alias}.{_qi(c)} = {keys}.{k}" for c, k in zip(self.out_keys, self.kcols)]
+                            + [f"{alias}.{_qi(self.out_t)} >= {keys}.{P}t0"])
+
+    def _bucket(self, expr: str) -> str:
+        return bucket_sql(expr)
+
+    def lock_keys(self) -> str:
+        """Lock the buckets of the delta's keys, in bucket order, before anything reads them: a
+        concurrent writer of the same keys waits for this transaction's commit, and a later
+        statement here sees every earlier commit of these keys (READ COMMITTED)."""
+        wh = f" where {self.where}" if self.where else ""
+        return (f"{self._with(self._delta_ctes())}select pg_advisory_xact_lock({LOCK_CLASS}, {P}b.b) "
+                f"from (select distinct {self._bucket(self.keys[0])} as b from {self.d_src}{wh} order by 1) as {P}b")
+
+    # --- the fast path for appends ---
+    def _fast_keys(self) -> list[str]:
+        """CTEs of the delta's keys, each marked in order (`__ivm_fast`) and, with a pushed filter,
+        whether any of its new rows passes it (`__ivm_hit`)."""
+        hit = f", coalesce(bool_or({self.pushed}), false) as {P}hit" if self.pushed else f", true as {P}hit"
+        wm = _q(self.watermark)
+        return self._delta_ctes() + [
+            f"{P}q as materialized ({self._keys_select(hit)})",
+            f"{P}kf as materialized (select {P}q.*, ({P}q.{P}t0 <= {P}w.high) is not true as {P}fast "
+            f"from {P}q left join {wm} as {P}w on {P}w.bucket = {self._bucket(P + 'q.' + self.kcols[0])})",
+        ]
+
+    def window_fast(self) -> str:
+        """Insert the outputs of in-order keys' new rows; select whether any key is not in order."""
+        take = f"{P}kk.{P}fast and {P}kk.{P}hit"
+        inner = self.lbs[0]
+        if len(self.lbs) == 1 and inner.rows and not inner.interval and not inner.unbounded:
+            # the last `rows` rows before t0 (ties at the boundary included): one backward scan
+            extra = f" and ({self.where})" if self.where else ""
+            old = (f"select * from {self.o_src} where {self.key_match} and {self.t} < {P}kk.{P}t0{extra} "
+                   f"order by {self.t} desc fetch first {inner.rows} rows with ties")
+        else:
+            old = (f"select * from {self.o_src} where {self.key_match} and {self.t} < {P}kk.{P}t0"
+                   f"{self._since(P + 'kk.' + P + 't0')} offset 0")
+        restricted = (
+            f"select {_qi(self.alias)}.* from (select * from {P}kf as {P}kk where {take} "
+            f"order by {', '.join(self.kcols)}) as {P}kk cross join lateral ({old}) as {_qi(self.alias)} "
+            f"union all "
+            f"select {_qi(self.alias)}.* from {self.d_src} "
+            f"where exists (select from {P}kf as {P}kk where {take} and {self.key_match})")
+        prefix, final = self._model_over(restricted, self._fast_keys())
+        cols = self.p.columns
+        return (f"{prefix[:-1]},\n{P}ins as (insert into {_q(self.p.relation)} ({_cols(cols)}) "
+                f"select {_cols(cols, P + 'f')} from ({final}) as {P}f "
+                f"where exists (select from {P}kf as {P}kk where {take} and {self._since_t0(P + 'f', P + 'kk')}) "
+                f"returning 1)\n"
+                f"select exists (select from {P}kf where not {P}fast)")
+
+    def top1_fast(self) -> str:
+        """First row per key: a key without a model row gets its first new row; a key whose model
+        row comes before t0 keeps it. Selects whether a key's model row is at or after t0."""
+        current = " and ".join(f"{P}m.{_qi(c)} = {P}q.{k}" for c, k in zip(self.out_keys, self.kcols))
+        head = self._delta_ctes() + [
+            f"{P}q as materialized ({self._keys_select()})",
+            f"{P}kf as materialized (select {P}q.*, {P}c.{P}mt from {P}q left join lateral "
+            f"(select {P}m.{_qi(self.out_t)} as {P}mt from {_q(self.p.relation)} as {P}m where {current} "
+            f"order by {P}m.{_qi(self.out_t)} limit 1) as {P}c on true)",
+        ]
+        restricted = (f"select {_qi(self.alias)}.* from {self.d_src} where exists "
+                      f"(select from {P}kf as {P}kk where {P}kk.{P}mt is null and {self.key_match})")
+        prefix, final = self._model_over(restricted, head)
+        cols = self.p.columns
+        return (f"{prefix[:-1]},\n{P}ins as (insert into {_q(self.p.relation)} ({_cols(cols)}) "
+                f"select {_cols(cols, P + 'f')} from ({final}) as {P}f returning 1)\n"
+                f"select exists (select from {P}kf where {P}mt >= {P}t0)")
+
+    def watermark_update(self) -> str:
+        """Raise each touched bucket's watermark to the highest order value of its new rows."""
+        wm = _q(self.watermark)
+        wh = f" where {self.where}" if self.where else ""
+        return (f"{self._with(self._delta_ctes())}insert into {wm} (bucket, high) "
+                f"select {self._bucket(self.keys[0])}, max({self.t}) from {self.d_src}{wh} group by 1 "
+                f"on conflict (bucket) do update set high = greatest({wm}.high, excluded.high)")
+
+    def watermark_init(self) -> str:
+        """The watermarks of the model's current window input (run when the model is installed)."""
+        tree: exp.Select = self.p._tree.copy()
+        ctes = _pop_ctes(tree)
+        names = [c.alias for c in ctes]
+        cut = names.index(self.scope_path) if self.scope_path else len(ctes)
+        wh = f" where {self.where}" if self.where else ""
+        return (f"{self._with([c.sql(DIALECT) for c in ctes[:cut]])}select {self._bucket(self.keys[0])} as bucket, "
+                f"max({self.t}) as high from {self.o_src}{wh} group by 1")
+
+    # --- the general path ---
+    def general(self, *, slow: bool = False, slow_sql: str | None = None) -> list[Step]:
+        """Recompute each affected key from its t0 and apply the difference. With `slow`, only the
+        keys the fast path left: not in order (window) or with a model row at or after t0 (top1);
+        with `slow_sql`, the keys (columns `__ivm_s.__ivm_k<i>`, `__ivm_s.__ivm_t0`) it selects."""
+        keys_query = self._with(self._delta_ctes()) + self._keys_select()
+        if slow_sql:
+            keys_query = f"select * from ({keys_query}) as {P}s where {slow_sql}"
+        elif slow and self.top1:
+            current = " and ".join(f"{P}m.{_qi(c)} = {P}s.{k}" for c, k in zip(self.out_keys, self.kcols))
+            keys_query = (f"select * from ({keys_query}) as {P}s where exists (select from {_q(self.p.relation)} "
+                          f"as {P}m where {current} and {P}m.{_qi(self.out_t)} >= {P}s.{P}t0)")
+        elif slow:
+            keys_query = (f"select * from ({keys_query}) as {P}s where {P}s.{P}t0 <= (select {P}w.high from "
+                          f"{_q(self.watermark)} as {P}w where {P}w.bucket = {self._bucket(P + 's.' + self.kcols[0])})")
+        k_tab, f_tab, o_tab = self.k_tab, self.f_tab, self.o_tab
+        top1 = self.top1
+        if top1:
+            # First row per key over appended rows: the new first is among the current first (the
+            # model's row) and the new rows, so the key's history is never read.
+            need = _cols(top1)
+            current = " and ".join(f"{P}m.{_qi(c)} = {P}kk.{k}" for c, k in zip(self.out_keys, self.kcols))
+            restricted = (
+                f"select {need} from {self.d_src} union all "
+                f"select {_cols(top1, P + 'x')} from {k_tab} as {P}kk cross join lateral "
+                f"(select {_cols(top1, P + 'm')} from {_q(self.p.relation)} as {P}m where {current} offset 0) as {P}x")
+            head = self._delta_ctes()  # the new rows of the window's input
+        else:
+            # `offset 0` keeps each lateral read a per-key index scan: flattened into a join, the
+            # planner may hash the whole input instead, a cost that grows with history. Keys in
+            # order, restated outside, let the window sort each key's few rows (an incremental
+            # sort) instead of sorting all of them.
+            restricted = (
+                f"select {_qi(self.alias)}.* from (select * from {k_tab} order by {', '.join(self.kcols)}) as {P}kk "
+                f"cross join lateral (select * from {self.o_src} where {self.key_match}"
+                f"{self._since(P + 'kk.' + P + 't0')} offset 0) as {_qi(self.alias)} "
+                f"where " + " and ".join(f"{_qi(self.alias)}.{k} = {P}kk.{c}" for k, c in zip(self.keys, self.kcols)))
+            head = []
+        prefix, final = self._model_over(restricted, head)
+        since_t0 = self._since_t0(P + "f", P + "kk")
+        cols = self.p.columns
+        rel = _q(self.p.relation)
+        # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change)
+        fill = (f"{prefix}insert into {f_tab} select {P}f.* from ({final}) as {P}f "
+                f"where exists (select from {k_tab} as {P}kk where {since_t0})")
+        old = (f"insert into {o_tab} select {P}x.* from {k_tab} as {P}kk cross join lateral "
+               f"(select {P}f.ctid, {P}f.* from {rel} as {P}f where {since_t0} offset 0) as {P}x")
+        # Two statements, delete then insert: downstream triggers see each kind separately.
+        delete, insert = multiset_diff(self.p.relation, cols, f"table {o_tab}", f"table {f_tab}")
+        return [
+            _create_temp(k_tab, keys_query),
+            _create_temp(f_tab, f"select * from {rel}"),
+            _create_temp(o_tab, f"select ctid as {P}ctid, * from {rel}"),
+            f"insert into {k_tab} {keys_query}",
+            fill,
+            old,
+            # in-order input leaves no model rows at or after t0: the fresh rows are the whole change
+            Branch(f"select exists (select from {o_tab})", [delete, insert],
+                   [Branch(f"select exists (select from {f_tab})", [
+                       f"insert into {rel} ({_cols(cols)}) select {_cols(cols)} from {f_tab}"])]),
+            f"delete from {k_tab}", f"delete from {f_tab}", f"delete from {o_tab}",
+        ]
 
 
 # ----- planning ---------------------------------------------------------------------------
@@ -421,6 +585,153 @@ def _plan_window(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
                    order=_unqualify(order), lookbacks=[per_scope[n] for n in scope_names],
                    out_keys=list(keys), out_order=order.name,
                    top1=_first_row_columns(tree, ctes, scope_names, windows, out))
+    if len(scope_names) == 1:
+        p._info["pushed"] = _pushed_filter(tree, ctes, scope_names[0])
+    if not p._info["top1"]:
+        p.watermark = watermark_name(p.relation)
+
+
+def watermark_name(relation: str) -> str:
+    """The table of a window model's per-bucket watermarks."""
+    h = hashlib.sha1(relation.encode()).hexdigest()[:10]
+    return f"sentinel_ivm.wm_{relation.split('.')[-1][:40]}_{h}"
+
+
+def _conjuncts(e: exp.Expression | None) -> list[exp.Expression]:
+    if e is None:
+        return []
+    if isinstance(e, exp.Paren):
+        return _conjuncts(e.this)
+    if isinstance(e, exp.And):
+        return _conjuncts(e.this) + _conjuncts(e.expression)
+    return [e]
+
+
+def _pushed_filter(tree: exp.Select, ctes: dict, scope_name: str) -> str | None:
+    """The conjuncts of the filters after the window that read only columns the window's input row
+    passes through, rewritten over that input's columns; None when there are none.
+
+    Every output row of an appended row passes them, so a new row failing them has no output: in
+    order, a key none of whose new rows passes them cannot gain an output row.
+    """
+    scope = tree if not scope_name else ctes[scope_name]
+    levels: list[exp.Select] = []
+    cur: exp.Expression = tree
+    while cur is not scope:
+        own = cur.copy()
+        own.set("with_", None)  # the select itself, not the CTEs it carries
+        if not isinstance(cur, exp.Select) or cur.args.get("joins") or cur.args.get("group") \
+                or own.find(exp.Window) or cur.args.get("distinct"):
+            return None
+        frm = cur.args.get("from_")
+        if frm is None or not isinstance(frm.this, exp.Table) or frm.this.db or frm.this.name not in ctes:
+            return None
+        levels.append(cur)
+        cur = ctes[frm.this.name]
+
+    below = levels[1:] + [scope]  # the select whose outputs each level reads
+    maps = [_projection(s) for s in below]
+    pushed = []
+    for i, level in enumerate(levels):
+        where = level.args.get("where")
+        for c in _conjuncts(where.this if where else None):
+            if c.find(exp.Window, exp.AggFunc, exp.Subquery, exp.Select):
+                continue
+            e = c.copy()
+            ok = True
+            for sel, m in zip(below[i:], maps[i:]):
+                if m is None:
+                    continue
+                for col in list(e.find_all(exp.Column)):
+                    sub = m.get(col.name)
+                    if sub is None or sub.find(exp.Window, exp.AggFunc, exp.Subquery):
+                        ok = False
+                        break
+                    col.replace(sub.copy())
+                if not ok:
+                    break
+            if ok:
+                for col in e.find_all(exp.Column):
+                    col.set("table", None)
+                pushed.append(e)
+    if not pushed:
+        return None
+    return " and ".join(f"({c.sql(DIALECT)})" for c in pushed)
+
+
+def _projection(sel: exp.Select) -> dict[str, exp.Expression] | None:
+    """A select's output names and their expressions over its source; None for `select *`."""
+    if any(isinstance(x, exp.Star) or (isinstance(x, exp.Column) and isinstance(x.this, exp.Star))
+           for x in sel.expressions):
+        return None  # select *: names pass through unchanged
+    return {x.alias_or_name: x.unalias() for x in sel.expressions}
+
+
+def _substitute(e: exp.Expression, mapping: dict[str, exp.Expression] | None) -> exp.Expression | None:
+    """`e` with each column replaced by its expression in `mapping` (None: unchanged, unqualified);
+    None when a column is missing or maps to a window, aggregate or subquery."""
+    e = e.copy()
+    for col in list(e.find_all(exp.Column)):
+        if mapping is None:
+            col.set("table", None)
+            continue
+        sub = mapping.get(col.name)
+        if sub is None or sub.find(exp.Window, exp.AggFunc, exp.Subquery):
+            return None
+        if col is e:
+            return sub.copy()
+        col.replace(sub.copy())
+    return e
+
+
+def _row_wise(sel: exp.Expression) -> bool:
+    """A select that maps each row of its one source to at most one row."""
+    if not isinstance(sel, exp.Select):
+        return False
+    own = sel.copy()
+    own.set("with_", None)
+    frm = sel.args.get("from_")
+    return (frm is not None and isinstance(frm.this, exp.Table) and not sel.args.get("joins")
+            and not sel.args.get("group") and not sel.args.get("distinct") and not sel.args.get("having")
+            and not own.find(exp.Window, exp.AggFunc))
+
+
+def input_chain(ctes: dict, scope: exp.Select, rel: str) -> tuple[dict[str, exp.Expression] | None, list[exp.Expression]] | None:
+    """How a window's input derives from `rel` through row-wise selects: (the input's columns as
+    expressions over `rel`'s columns, None meaning `rel`'s own; the filters on the way, the
+    window select's own where included, over `rel`'s columns), or None for any other shape."""
+    levels: list[exp.Select] = []
+    cur = scope.args["from_"].this
+    while not (isinstance(cur, exp.Table) and _tname(cur) == rel):
+        if not (isinstance(cur, exp.Table) and not cur.db and cur.name in ctes and _row_wise(ctes[cur.name])):
+            return None
+        levels.append(ctes[cur.name])
+        cur = ctes[cur.name].args["from_"].this
+    mapping: dict[str, exp.Expression] | None = None
+    filters: list[exp.Expression] = []
+
+    def add(where: exp.Expression | None) -> bool:
+        for c in _conjuncts(where.this if where else None):
+            e = _substitute(c, mapping)
+            if e is None:
+                return False
+            filters.append(e)
+        return True
+
+    for sel in reversed(levels):
+        if not add(sel.args.get("where")):
+            return None
+        proj = _projection(sel)
+        if proj is not None:
+            new = {}
+            for name, e in proj.items():
+                sub = _substitute(e, mapping)
+                if sub is not None:
+                    new[name] = sub
+            mapping = new
+    if not add(scope.args.get("where")):
+        return None
+    return mapping, filters
 
 
 def _first_row_columns(tree: exp.Select, ctes: dict, scope_names: list[str], windows: list[exp.Window],

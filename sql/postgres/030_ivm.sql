@@ -24,10 +24,14 @@ create table if not exists sentinel_ivm.models (
 comment on table sentinel_ivm.models is
     'One row per model kept current by statement-level triggers on its inputs.';
 
--- Every maintenance trigger calls this first. One global, transaction-scoped advisory lock
--- serialises maintenance: after taking it, a READ COMMITTED statement sees every earlier commit,
--- so concurrent writers stay correct and change-log sequence numbers follow commit order.
-create or replace function sentinel_ivm.lock() returns void
+-- Locks. Every maintenance trigger calls sentinel_ivm.lock() first: one global,
+-- transaction-scoped advisory lock, taken shared, so that writers maintain models side by side,
+-- while `dbt run` (and models whose maintenance joins inputs) take it exclusively with
+-- sentinel_ivm.lock_all(). Per-key window models then lock the buckets of the keys they
+-- maintain (pg_advisory_xact_lock(ivm_bucket_class, bucket), in bucket order): two transactions
+-- touching a key are serialised in commit order, and after taking the bucket a READ COMMITTED
+-- statement sees every earlier commit of its keys. Aggregates merge through row locks.
+create or replace function sentinel_ivm.lock_check() returns void
 language plpgsql as $$
 begin
     if current_setting('transaction_isolation') <> 'read committed' then
@@ -36,12 +40,32 @@ begin
             using errcode = 'feature_not_supported',
                   hint = 'insert into fraud.transactions under the default isolation level';
     end if;
-    perform pg_advisory_xact_lock(7245812390466019);
+end
+$$;
+
+create or replace function sentinel_ivm.lock() returns void
+language plpgsql as $$
+begin
+    perform sentinel_ivm.lock_check();
+    perform pg_advisory_xact_lock_shared(7245812390466019);
 end
 $$;
 
 comment on function sentinel_ivm.lock() is
-    'The one lock all incremental maintenance takes (transaction-scoped advisory lock).';
+    'Taken first by all incremental maintenance: the global advisory lock, shared.';
+
+create or replace function sentinel_ivm.lock_all() returns void
+language plpgsql as $$
+begin
+    perform sentinel_ivm.lock_check();
+    perform pg_advisory_xact_lock(7245812390466019);
+end
+$$;
+
+comment on function sentinel_ivm.lock_all() is
+    'The global maintenance lock, exclusive: deploys, and maintenance that joins inputs.';
 
 grant usage on schema sentinel_ivm to public;
 grant execute on function sentinel_ivm.lock() to public;
+grant execute on function sentinel_ivm.lock_all() to public;
+grant execute on function sentinel_ivm.lock_check() to public;

@@ -1,0 +1,261 @@
+"""Window groups: the per-key window models over one input, maintained together on appends.
+
+Maintained one by one, every window model over `fraud.transactions` would find the batch's keys,
+check them against its watermark and read each key's recent rows through the per-card index: a
+descent of the index per key and model, the largest part of the cost. The models of a group share
+that work. One trigger per input runs one statement for the whole batch:
+
+1. the batch's keys with their t0 (first new order value) and, per member, whether a new row
+   passes the member's input filter and pushed filter (`__ivm_h<i>`: else that member has
+   nothing to do for the key);
+2. "in order" against the group's watermark, the highest order value per key bucket that the
+   input has had (`sentinel_ivm.wmg_*`);
+3. one backward read per key of its last rows before t0 (as many as its members need, ties
+   included), with only the columns the members' windows read (the others are null: those old
+   rows' own outputs are never kept) -- an index-only read where the per-card index covers them;
+4. per member, whether those rows suffice (enough rows passing its filter for its row-count frame,
+   reaching back past its interval, or the key's whole history), else an exact read for the key;
+5. per member, its own SQL over those rows and the new rows of its keys, the outputs from t0 on
+   inserted into its table.
+
+Keys that are not in order go to each member's general path (`planner._WindowSql.general`).
+A member is a window model with one window select over one input, reached from the input
+through row-wise selects (projections and filters), whose partition and order columns are input
+columns, with a bounded lookback (`rows N preceding`, `lag`, `range '<interval>' preceding`).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
+from sentinel.ivm.planner import (DIALECT, P, Branch, Plan, Step, _cols, _pop_ctes, _q, _qi,
+                                  _substitute, _tname, _WindowSql, input_chain)
+
+
+@dataclass
+class Member:
+    """A window model's part in its input's group."""
+
+    plan: Plan
+    key: str  # the input's partition column
+    order: str  # the input's order column
+    filters: list[str]  # the input filter on the way to the window, over the input's columns
+    pushed: str | None  # the pushed output filter, over the input's columns
+    rows: int  # row-count lookback (0: none)
+    interval: str | None  # interval lookback
+    needed: set[str]  # input columns the window reads from earlier rows
+
+    def group_key(self) -> tuple[str, str]:
+        return self.key, self.order
+
+
+def member(p: Plan, rel: str) -> Member | None:
+    """`p`'s part in the group of input `rel`, or None when it is maintained on its own."""
+    info = p._info
+    if p.shape != "window" or p.inputs != [rel] or info.get("top1") or len(info["scopes"]) != 1:
+        return None
+    lb = info["lookbacks"][0]
+    if lb.unbounded or len(info["keys"]) != 1:
+        return None
+    tree = p._tree
+    ctes = {c.alias: c.this for c in (tree.args["with_"].expressions if tree.args.get("with_") else [])}
+    scope = tree if not info["scope"] else ctes[info["scope"]]
+    chain = input_chain(ctes, scope, rel)
+    if chain is None:
+        return None
+    mapping, filters = chain
+
+    def column(e: exp.Expression) -> str | None:
+        sub = _substitute(e, mapping)
+        return sub.name if isinstance(sub, exp.Column) else None
+
+    key = column(info["keys"][0])
+    order = column(info["order"])
+    if key is None or order is None:
+        return None
+    needed = {key, order}
+    for f in filters:
+        needed |= {c.name for c in f.find_all(exp.Column)}
+    for w in scope.find_all(exp.Window):
+        parts = [*(w.args.get("partition_by") or []), *((w.args.get("order") or exp.Order(expressions=[])).expressions)]
+        parts += [a for k, a in w.this.args.items() if isinstance(a, exp.Expression)]
+        for part in parts:
+            for c in part.find_all(exp.Column):
+                sub = _substitute(c, mapping)
+                if sub is None:
+                    return None
+                needed |= {x.name for x in sub.find_all(exp.Column)}
+    pushed = None
+    if info.get("pushed"):
+        import sqlglot
+
+        sub = _substitute(sqlglot.parse_one(info["pushed"], read=DIALECT), mapping)
+        pushed = sub.sql(DIALECT) if sub is not None else None
+    return Member(plan=p, key=key, order=order, filters=[f.sql(DIALECT) for f in filters], pushed=pushed,
+                  rows=lb.rows, interval=lb.interval, needed=needed)
+
+
+def watermark_name(rel: str, key: str, order: str) -> str:
+    """The group's watermark table; its name ends with the group's tag (as its triggers' names)."""
+    h = hashlib.sha1(f"{rel}|{key}|{order}".encode()).hexdigest()[:10]
+    return f"sentinel_ivm.wmg_{rel.split('.')[-1][:40]}_{h}"
+
+
+def watermark_init(rel: str, key: str, order: str) -> str:
+    return (f"select {bucket_sql(_qi(key))} as bucket, max({_qi(order)}) as high from {_q(rel)} group by 1")
+
+
+class Group:
+    """The insert trigger body of one input's window group."""
+
+    def __init__(self, rel: str, members: list[Member], columns: list[tuple[str, str]]) -> None:
+        self.rel = rel
+        self.members = members
+        self.columns = columns  # the input's (name, type), in order
+        self.key, self.order = members[0].group_key()
+        self.wm = watermark_name(rel, self.key, self.order)
+
+    def statements(self) -> list[Step]:
+        new = f"{P}new"
+        k, t = _qi(self.key), _qi(self.order)
+        lock = (f"select pg_advisory_xact_lock({LOCK_CLASS}, {P}b.b) from (select distinct "
+                f"{bucket_sql(k)} as b from {new} order by 1) as {P}b")
+        slow = (f"exists (select from {new} as {P}n where {P}n.{k} = {P}s.{P}k0 and {P}n.{t} <= "
+                f"(select {P}w.high from {_q(self.wm)} as {P}w where {P}w.bucket = {bucket_sql(P + 's.' + P + 'k0')}))")
+        general: list[Step] = []
+        for m in self.members:
+            general += _WindowSql(m.plan, self.rel, new).general(slow_sql=slow)
+        return [lock, Branch(self.fast(), general), self.watermark_update()]
+
+    def watermark_update(self) -> str:
+        """Raise each touched bucket's watermark to the highest order value of its new rows."""
+        k, t = _qi(self.key), _qi(self.order)
+        return (f"insert into {_q(self.wm)} (bucket, high) select {bucket_sql(k)}, max({t}) from {P}new group by 1 "
+                f"on conflict (bucket) do update set high = greatest({_q(self.wm)}.high, excluded.high)")
+
+    def fast(self) -> str:
+        """The statement that maintains every member for the in-order keys; selects whether any key is not."""
+        k, t = _qi(self.key), _qi(self.order)
+        ms = list(enumerate(self.members))
+
+        def hit(m: Member) -> str:
+            conds = [*m.filters, *([m.pushed] if m.pushed else [])]
+            return " and ".join(f"({c})" for c in conds) or "true"
+
+        def passing(m: Member) -> str:
+            return f" filter (where {' and '.join(f'({x})' for x in m.filters)})" if m.filters else ""
+
+        hits = ", ".join(f"coalesce(bool_or({hit(m)}), false) as {P}h{i}" for i, m in ms)
+        r = "greatest(1, " + ", ".join(f"case when {P}g.{P}h{i} then {m.rows} else 0 end" for i, m in ms) + ")"
+        any_hit = " or ".join(f"{P}h{i}" for i, _ in ms)
+        needed = set().union(*(m.needed for m in self.members))
+        cols = [c for c, _ in self.columns]
+        w_cols = ", ".join(f"{P}s.{_qi(c)}" if c in needed else f"null::{typ} as {_qi(c)}" for c, typ in self.columns)
+        read_cols = ", ".join(f"{P}s.{_qi(c)}" for c in cols if c in needed)
+        counts = "".join(f", count(*){passing(m)} as {P}f{i}" for i, m in ms if m.rows)
+        ok = []
+        for i, m in ms:
+            # The shared rows suffice when they are the key's whole past (fewer than it asked for),
+            # or hold the member's rows-th row passing its filter and reach back past its interval.
+            enough = []
+            if m.rows:
+                enough.append(f"coalesce({P}ws.{P}f{i}, 0) >= {m.rows}")
+            if m.interval:
+                enough.append(f"{P}ws.{P}tmin <= {P}gk.{P}t0 - {m.interval}")
+            suff = f"coalesce({P}ws.{P}n, 0) < {P}gk.{P}r" + (f" or ({' and '.join(enough)})" if enough else "")
+            # an interval-only member reads the shared rows from t0 - interval on (else all of them)
+            lo = f"null::{dict(self.columns)[self.order]}" if m.rows else f"{P}gk.{P}t0 - {m.interval}"
+            ok.append(f"{P}gk.{P}h{i} and ({suff}) as {P}s{i}, {P}gk.{P}h{i} as {P}a{i}, {lo} as {P}lo{i}")
+        uses_w = ", ".join(f"{P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}) as {P}u{i}"
+                           for i, _ in ms)
+        uses_new = ", ".join(f"{P}o.{P}a{i} as {P}u{i}" for i, _ in ms)
+        ctes = [
+            # 1. the keys, each member's interest in them, 2. in order or not
+            f"{P}g as materialized (select {k} as {P}k0, min({t}) as {P}t0, {hits} from {P}new group by 1)",
+            f"{P}gk as materialized (select {P}g.*, ({P}g.{P}t0 <= {P}w.high) is not true as {P}fast, {r} as {P}r "
+            f"from {P}g left join {_q(self.wm)} as {P}w on {P}w.bucket = {bucket_sql(P + 'g.' + P + 'k0')})",
+            # 3. the shared read: each key's last rows before t0, ties included
+            f"{P}w as materialized (select {P}kk.{P}k0, {w_cols} "
+            f"from (select * from {P}gk where {P}fast and ({any_hit}) order by {P}k0) as {P}kk cross join lateral "
+            f"(select {read_cols} from {_q(self.rel)} as {P}s where {P}s.{k} = {P}kk.{P}k0 and {P}s.{t} < {P}kk.{P}t0 "
+            f"order by {P}s.{t} desc fetch first {P}kk.{P}r rows with ties) as {P}s)",
+            # 4. per key and member: do the shared rows suffice
+            f"{P}ws as materialized (select {P}k0, count(*) as {P}n, min({t}) as {P}tmin{counts} from {P}w group by 1)",
+            f"{P}ok as materialized (select {P}gk.{P}k0, {P}gk.{P}t0, {', '.join(ok)} "
+            f"from {P}gk left join {P}ws on {P}ws.{P}k0 = {P}gk.{P}k0 where {P}gk.{P}fast)",
+            # the shared and the new rows, marked with the members they go to
+            f"{P}wu as materialized (select {P}w.*, {uses_w} from {P}w inner join {P}ok as {P}o on {P}o.{P}k0 = {P}w.{P}k0)",
+            f"{P}nu as materialized (select {P}n.*, {uses_new} from {P}new as {P}n "
+            f"inner join {P}ok as {P}o on {P}o.{P}k0 = {P}n.{k})",
+        ]
+        for i, m in ms:
+            ctes += self._member(i, m)
+        return "with " + ",\n".join(ctes) + f"\nselect exists (select from {P}gk where not {P}fast)"
+
+    def _exact_read(self, m: Member) -> str:
+        """The rows a member needs of a key the shared read did not cover, read for it alone."""
+        k, t = _qi(self.key), _qi(self.order)
+        f = "".join(f" and ({x})" for x in m.filters)
+        base = f"select {P}x.* from {_q(self.rel)} as {P}x where {P}x.{k} = {P}o.{P}k0 and {P}x.{t} < {P}o.{P}t0"
+        if m.rows and not m.interval:
+            return f"{base}{f} order by {P}x.{t} desc fetch first {m.rows} rows with ties"
+        bounds = [f"{P}o.{P}t0 - {m.interval}"] if m.interval else []
+        if m.rows:
+            bounds.append(f"(select min({P}p.{P}t) from (select {P}y.{t} as {P}t from {_q(self.rel)} as {P}y "
+                          f"where {P}y.{k} = {P}o.{P}k0 and {P}y.{t} < {P}o.{P}t0{f} order by {P}y.{t} desc "
+                          f"limit {m.rows}) as {P}p)")
+        return f"{base}{f} and {P}x.{t} >= least({', '.join(bounds)}) offset 0"
+
+    def _member(self, i: int, m: Member) -> list[str]:
+        """A member's CTEs: its input (shared rows, exact reads, new rows), its own SQL over it
+        (CTEs renamed), and the insert of its outputs from t0 on."""
+        cols = _cols([c for c, _ in self.columns])
+        src = f"{P}in{i}"
+        out = [
+            f"{src} as (select {cols} from {P}wu where {P}u{i} "
+            f"union all select {_cols([c for c, _ in self.columns], P + 'x')} from (select * from {P}ok "
+            f"where {P}a{i} and not {P}s{i} order by {P}k0) as {P}o cross join lateral ({self._exact_read(m)}) as {P}x "
+            f"union all select {cols} from {P}nu where {P}u{i})"
+        ]
+        p = m.plan
+        tree = p._tree.copy()
+        own = _pop_ctes(tree)
+        names = {c.alias: f"{P}m{i}_{c.alias}" for c in own}
+
+        def rename(node: exp.Expression) -> None:
+            for tb in list(node.find_all(exp.Table)):
+                if _tname(tb) == self.rel:
+                    alias = tb.alias_or_name
+                    tb.replace(exp.Table(this=exp.to_identifier(src), alias=exp.TableAlias(this=exp.to_identifier(alias))))
+                elif not tb.db and tb.name in names:
+                    alias = tb.alias_or_name
+                    tb.replace(exp.Table(this=exp.to_identifier(names[tb.name]),
+                                         alias=exp.TableAlias(this=exp.to_identifier(alias))))
+
+        for c in own:
+            body = c.this.copy()
+            rename(body)
+            out.append(f"{names[c.alias]} as not materialized ({body.sql(DIALECT)})")
+        rename(tree)
+        ok = (f"{P}o.{P}a{i} and {P}f.{_qi(p._info['out_keys'][0])} = {P}o.{P}k0 "
+              f"and {P}f.{_qi(p._info['out_order'])} >= {P}o.{P}t0")
+        out.append(f"{P}ins{i} as (insert into {_q(p.relation)} ({_cols(p.columns)}) "
+                   f"select {_cols(p.columns, P + 'f')} from ({tree.sql(DIALECT)}) as {P}f "
+                   f"where exists (select from {P}ok as {P}o where {ok}) returning 1)")
+        return out
+
+
+def groups(plans: list[Plan], rel: str) -> dict[tuple[str, str], list[Member]]:
+    """The groups of input `rel` among `plans`, by (partition column, order column)."""
+    out: dict[tuple[str, str], list[Member]] = {}
+    for p in sorted(plans, key=lambda x: x.relation):
+        m = member(p, rel)
+        if m is not None:
+            out.setdefault(m.group_key(), []).append(m)
+    return out
+
+
+__all__ = ["Group", "Member", "groups", "member", "watermark_init", "watermark_name"]
