@@ -64,68 +64,60 @@ select
 from sentinel_alerts.sink_positions as p
 cross join head;
 
--- The statement-level trigger body. Writers serialise on one transaction-scoped advisory lock
--- before taking sequence numbers, so a transaction holding seq n has committed before any
+-- Ordering. Sequence numbers are taken at commit, under one transaction-scoped advisory lock
+-- held until the commit is done, so a transaction holding seq n has committed before any
 -- transaction holding seq > n: a reader that has seen n has seen every committed seq below it,
--- and a gap (rollback, crash-time sequence jump) is final. Model maintenance already holds
--- sentinel_ivm.lock() for its whole transaction, so this lock adds no contention there.
-create or replace function sentinel_alerts.log_changes() returns trigger
+-- and a gap (rollback, crash-time sequence jump) is final. During the transaction, the trigger
+-- on the alert view only stages its rows in a session temp table (no lock: writers maintaining
+-- models side by side do not wait for each other here); the first staging of a transaction arms
+-- a deferred constraint trigger that moves them into the change log when the transaction commits.
+create or replace function sentinel_alerts.stage_ready() returns void
 language plpgsql as $$
+begin
+    if to_regclass('pg_temp.sentinel_alerts_pending') is null then
+        create temp table sentinel_alerts_pending (
+            n        bigint generated always as identity,
+            alert_id text not null,
+            op       char(1) not null,
+            txn_id   text not null,
+            rule     text not null,
+            payload  jsonb not null
+        ) on commit delete rows;
+        create temp table sentinel_alerts_commit (armed boolean) on commit delete rows;
+        create constraint trigger sentinel_alerts_flush
+            after insert on pg_temp.sentinel_alerts_commit
+            deferrable initially deferred
+            for each row execute function sentinel_alerts.flush_pending();
+    end if;
+    if current_setting('sentinel_alerts.armed', true) is distinct from 'on' then
+        insert into pg_temp.sentinel_alerts_commit values (true);
+        perform set_config('sentinel_alerts.armed', 'on', true);
+    end if;
+end
+$$;
+
+-- At commit (or at SET CONSTRAINTS ... IMMEDIATE): the staged rows, in staging order, get their
+-- sequence numbers; one NOTIFY wakes the listeners. Security definer: at commit the session's own
+-- role (e.g. the insert-only loader) is current again, and it may not write the change log.
+create or replace function sentinel_alerts.flush_pending() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
     last_seq bigint;
 begin
+    perform set_config('sentinel_alerts.armed', 'off', true);  -- later staging arms again
     perform pg_advisory_xact_lock(7262540436151157589);  -- 'sentinel_alerts.change_log'
-    if tg_op = 'INSERT' then
-        with logged as (
-            insert into sentinel_alerts.change_log (alert_id, op, txn_id, rule, payload)
-            select n.txn_id || ':' || n.rule, '+', n.txn_id, n.rule, to_jsonb(n)
-            from new_rows as n
-            order by n.txn_id, n.rule
-            returning seq
-        )
-        select max(seq) into last_seq from logged;
-    elsif tg_op = 'DELETE' then
-        with logged as (
-            insert into sentinel_alerts.change_log (alert_id, op, txn_id, rule, payload)
-            select o.txn_id || ':' || o.rule, '-', o.txn_id, o.rule, to_jsonb(o)
-            from old_rows as o
-            order by o.txn_id, o.rule
-            returning seq
-        )
-        select max(seq) into last_seq from logged;
-    else
-        -- an update that keeps (txn_id, rule) is not a new alert; one that changes it is a
-        -- retraction of the old key and a new alert for the new one
-        with retracted as (
-            select o.*
-            from old_rows as o
-            where not exists (
-                select from new_rows as n where n.txn_id = o.txn_id and n.rule = o.rule
-            )
-        ),
-        appeared as (
-            select n.*
-            from new_rows as n
-            where not exists (
-                select from old_rows as o where o.txn_id = n.txn_id and o.rule = n.rule
-            )
-        ),
-        logged as (
-            insert into sentinel_alerts.change_log (alert_id, op, txn_id, rule, payload)
-            select alert_id, op, txn_id, rule, payload
-            from (
-                select r.txn_id || ':' || r.rule as alert_id, '-' as op, r.txn_id, r.rule,
-                    to_jsonb(r) as payload, 0 as step
-                from retracted as r
-                union all
-                select a.txn_id || ':' || a.rule, '+', a.txn_id, a.rule, to_jsonb(a), 1
-                from appeared as a
-            ) as changes
-            order by step, txn_id, rule
-            returning seq
-        )
-        select max(seq) into last_seq from logged;
-    end if;
+    with moved as (
+        delete from pg_temp.sentinel_alerts_pending
+        returning n, alert_id, op, txn_id, rule, payload
+    ),
+    logged as (
+        insert into sentinel_alerts.change_log (alert_id, op, txn_id, rule, payload)
+        select alert_id, op, txn_id, rule, payload
+        from moved
+        order by n
+        returning seq
+    )
+    select max(seq) into last_seq from logged;
     if last_seq is not null then
         perform pg_notify('sentinel_alerts', last_seq::text);
     end if;
@@ -133,8 +125,50 @@ begin
 end
 $$;
 
+-- The statement-level trigger body on the alert view: stage what appeared (+) and what left (-).
+-- Security definer, like the maintenance that fires it: the staging tables of a session belong to
+-- one role whoever changes the view.
+create or replace function sentinel_alerts.log_changes() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+    perform sentinel_alerts.stage_ready();
+    if tg_op = 'INSERT' then
+        insert into pg_temp.sentinel_alerts_pending (alert_id, op, txn_id, rule, payload)
+        select n.txn_id || ':' || n.rule, '+', n.txn_id, n.rule, to_jsonb(n)
+        from new_rows as n
+        order by n.txn_id, n.rule;
+    elsif tg_op = 'DELETE' then
+        insert into pg_temp.sentinel_alerts_pending (alert_id, op, txn_id, rule, payload)
+        select o.txn_id || ':' || o.rule, '-', o.txn_id, o.rule, to_jsonb(o)
+        from old_rows as o
+        order by o.txn_id, o.rule;
+    else
+        -- an update that keeps (txn_id, rule) is not a new alert; one that changes it is a
+        -- retraction of the old key and a new alert for the new one
+        insert into pg_temp.sentinel_alerts_pending (alert_id, op, txn_id, rule, payload)
+        select alert_id, op, txn_id, rule, payload
+        from (
+            select o.txn_id || ':' || o.rule as alert_id, '-' as op, o.txn_id, o.rule,
+                to_jsonb(o) as payload, 0 as step
+            from old_rows as o
+            where not exists (
+                select from new_rows as n where n.txn_id = o.txn_id and n.rule = o.rule
+            )
+            union all
+            select n.txn_id || ':' || n.rule, '+', n.txn_id, n.rule, to_jsonb(n), 1
+            from new_rows as n
+            where not exists (
+                select from old_rows as o where o.txn_id = n.txn_id and o.rule = n.rule
+            )
+        ) as changes
+        order by step, txn_id, rule;
+    end if;
+    return null;
+end
+$$;
+
 comment on function sentinel_alerts.log_changes() is
-    'Statement-level AFTER trigger: appends the transition table to sentinel_alerts.change_log and notifies.';
+    'Statement-level AFTER trigger: stages the transition table; the change log gets it at commit.';
 
 -- Removes the change-log triggers from a relation (its changes stop reaching the sinks).
 create or replace function sentinel_alerts.uninstall_changelog(relation regclass) returns void
