@@ -18,7 +18,7 @@ from loader.generator import DEFAULT_SHARES, SCENARIOS, Generator, GeneratorConf
 from loader.load import LoadSummary, Progress, load as run_load
 from loader.replay import Rejects, ReplayError, parse_map, replay
 from loader.schema import FRAUD_PATTERNS, RowError, parse_time
-from loader.writer import Writer, WriterError
+from loader.writer import Writers, WriterError
 
 from sentinel.config import Settings, resolve_dsn
 from sentinel.console import LogLines, console
@@ -86,6 +86,9 @@ def _summary_line(s: LoadSummary) -> str:
               help="A batch leaves after this many rows...")
 @click.option("--batch-ms", type=click.FloatRange(min=1), default=200.0, show_default=True,
               help="...or this many milliseconds, whichever first.")
+@click.option("--writers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Connections writing in parallel, each card's rows on one of them (so their "
+                   "transactions maintain disjoint cards side by side).")
 @click.option("--mode", type=click.Choice(["auto", "copy", "insert"]), default="auto", show_default=True,
               help="COPY, or multi-row INSERT (auto: INSERT on RisingWave, which has no COPY FROM).")
 @click.option("--dsn", help="Database to load into [default: the engine's loader DSN, or $SENTINEL_DSN].")
@@ -112,6 +115,7 @@ def load(
     rejects: Path | None,
     batch_rows: int,
     batch_ms: float,
+    writers: int,
     mode: str,
     dsn: str | None,
     quiet: bool,
@@ -169,8 +173,8 @@ def load(
     live = None
     try:
         try:
-            writer = Writer(
-                dsn, batch_rows=batch_rows, batch_ms=batch_ms, mode=mode,
+            writer = Writers(
+                dsn, count=writers, batch_rows=batch_rows, batch_ms=batch_ms, mode=mode,
                 on_reject=(lambda row, reason: rejects_sink.add(None, reason, list(row))) if rejects_sink else None,
             )
         except WriterError as exc:

@@ -44,6 +44,7 @@ from psycopg import sql
 
 from loader.schema import COLUMNS, INDEX
 from sentinel.errors import one_line
+from sentinel.ivm.buckets import bucket
 from sentinel.schema import detect_engine
 
 log = logging.getLogger("sentinel.loader")
@@ -533,3 +534,101 @@ class Writer:
         return inserted, rejected
 
 
+
+
+CARD = INDEX["card_id"]
+
+
+class Writers:
+    """Rows shared out over several `Writer`s by their card's key bucket (`sentinel.ivm.buckets`).
+
+    Each card's rows keep their order on one connection, and since per-key maintenance locks
+    buckets, the connections' transactions maintain disjoint cards side by side instead of
+    waiting for each other: the second core does half of the maintenance. Same interface as
+    `Writer`; `stats` adds up the writers'. With `count=1` it is a plain `Writer`.
+    """
+
+    def __init__(self, dsn: str, *, count: int = 2, on_reject: Callable[[tuple, str], None] | None = None,
+                 **options: object) -> None:
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        if on_reject is not None:
+            lock = threading.Lock()  # the writers' sender threads refuse rows concurrently
+            report = on_reject
+
+            def on_reject(row: tuple, reason: str) -> None:
+                with lock:
+                    report(row, reason)
+
+        self._writers: list[Writer] = []
+        try:
+            for _ in range(count):
+                self._writers.append(Writer(dsn, on_reject=on_reject, **options))  # type: ignore[arg-type]
+        except BaseException:
+            for w in self._writers:
+                w.close()
+            raise
+        first = self._writers[0]
+        self.dialect = first.dialect
+        self.mode = first.mode
+        self._buckets: dict[str, int] = {}
+
+    @property
+    def stats(self) -> WriterStats:
+        total = WriterStats(duplicates=None if self.dialect != "postgres" else 0)
+        for w in self._writers:
+            s = w.stats
+            total.sent += s.sent
+            total.inserted += s.inserted
+            total.rejected += s.rejected
+            total.batches += s.batches
+            total.retries += s.retries
+            total.resent += s.resent
+            if total.duplicates is not None:
+                total.duplicates += s.duplicates or 0
+        return total
+
+    def _part(self, row: Row) -> int:
+        card = row[CARD] if row.__class__ is tuple else row.split("\t", CARD + 1)[CARD]
+        part = self._buckets.get(card)  # type: ignore[arg-type]
+        if part is None:
+            if len(self._buckets) > 1_000_000:
+                self._buckets.clear()
+            part = self._buckets[card] = bucket(str(card)) % len(self._writers)  # type: ignore[index]
+        return part
+
+    def write(self, row: Row) -> None:
+        self._writers[self._part(row) if len(self._writers) > 1 else 0].write(row)
+
+    def write_many(self, rows: Sequence[Row]) -> None:
+        if len(self._writers) == 1:
+            self._writers[0].write_many(rows)
+            return
+        parts: list[list[Row]] = [[] for _ in self._writers]
+        part = self._part
+        for row in rows:
+            parts[part(row)].append(row)
+        for w, rows_ in zip(self._writers, parts):
+            if rows_:
+                w.write_many(rows_)
+
+    def flush(self) -> None:
+        for w in self._writers:
+            w.flush()
+
+    def close(self) -> None:
+        """Flush and close every writer (all of them, also when one fails); raise the first error."""
+        error: BaseException | None = None
+        for w in self._writers:
+            try:
+                w.close()
+            except BaseException as exc:  # noqa: BLE001 - the others still close
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> Writers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -25,15 +25,15 @@ from psycopg import sql
 from loader.bench import baseline, scratch_database
 from loader.generator import GeneratorConfig, generate, generate_batches
 from loader.load import load
-from loader.writer import Writer
+from loader.writer import Writers
 from sentinel.console import console, out
 from sentinel.deploy import run_dbt
 
 
-def ingest(dsn: str, batches: Iterator[list], *, batch: int) -> tuple[float, float]:
-    """Write generator batches through the loader's writer; (rows/s, mean ms per batch)."""
-    summary = load(batches, Writer(dsn, batch_rows=batch, batch_ms=60_000), batched=True)
-    return summary.rows_per_s, 1000 * summary.elapsed_s / max(summary.batches, 1)
+def ingest(dsn: str, batches: Iterator[list], *, batch: int, writers: int) -> tuple[float, float]:
+    """Write generator batches through the loader's writers; (rows/s, mean ms per batch and writer)."""
+    summary = load(batches, Writers(dsn, count=writers, batch_rows=batch, batch_ms=60_000), batched=True)
+    return summary.rows_per_s, 1000 * summary.elapsed_s * writers / max(summary.batches, 1)
 
 
 def stream(seed: int, count: int, cards: int, after: datetime | None = None) -> Iterator[list]:
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=5_000, help="rows per batch (loader batch size)")
     ap.add_argument("--history", type=int, default=1_000_000, help="rows of history before the second run")
     ap.add_argument("--cards", type=int, default=100_000)
+    ap.add_argument("--writers", type=int, default=2,
+                    help="loader connections writing in parallel (as `sentinel load --writers`)")
     ap.add_argument("--dsn", help="superuser DSN of a server to use instead of a throw-away embedded engine")
     ap.add_argument("--json", action="store_true", help="print figures as JSON on stdout")
     ap.add_argument("--profile", action="store_true",
@@ -121,7 +123,7 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
         figures["dbt_run_s"] = round(time.perf_counter() - t, 2)
         with psycopg.connect(dsn, autocommit=True) as conn:
             raw_rate = baseline(conn, list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards))))
-        empty_rate, empty_batch_ms = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch)
+        empty_rate, empty_batch_ms = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch, writers=args.writers)
         figures.update(raw_copy_rows_per_s=round(raw_rate), models_rows_per_s_empty=round(empty_rate),
                        models_vs_raw=round(empty_rate / raw_rate, 2), batch_ms_mean_empty=round(empty_batch_ms, 1))
         console.print(f"raw COPY {raw_rate:,.0f} rows/s; loader with every model {empty_rate:,.0f} rows/s "
@@ -131,11 +133,11 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # so each card's windows and first uses meet its own past, as in production.
             console.print(f"loading {args.history:,} rows of history ...")
             rows = stream(3, args.history + args.rows, args.cards, after=latest_event(dsn))
-            ingest(dsn, head(rows, args.history), batch=args.batch * 10)
+            ingest(dsn, head(rows, args.history), batch=args.batch * 10, writers=args.writers)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
             with profiling(dsn, args.profile, args.batch) as profile:
-                hist_rate, hist_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch)
+                hist_rate, hist_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch, writers=args.writers)
             figures.update(profile)
             with psycopg.connect(dsn) as conn:
                 n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
