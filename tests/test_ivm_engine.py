@@ -154,3 +154,30 @@ def test_first_row_per_key_reads_the_model_not_the_history():
     assert top1(first.replace("select txn_id, card_id, amount, event_time\nfrom numbered",
                               "select txn_id, card_id, event_time\nfrom numbered")) is None  # amount not kept
     assert top1(MODELS["travel"][1]) is None
+
+
+def test_window_group_reads_past_the_shared_rows_when_they_do_not_suffice(deployed):
+    """In-order batches whose shared read (each card's last row) is not enough for a member: a
+    partition seen only earlier, a located row further back, a burst longer than the read."""
+    reset(deployed.dsn)
+    t = [T0 + timedelta(seconds=s) for s in range(10)]
+    paris, nyc = (48.85, 2.35), (40.71, -74.0)
+    first = [
+        ("g1", "c5", "grocery", "10.00", None, None, t[0]), ("g2", "c5", "atm", "10.00", None, None, t[1]),
+        ("g3", "c5", "atm", "10.00", None, None, t[2]),
+        ("p1", "c6", None, "10.00", *paris, t[0]), ("p2", "c6", None, "10.00", None, None, t[1]),
+        ("p3", "c6", None, "10.00", None, None, t[2]),
+        ("v1", "c7", None, "10.00", None, None, t[0]), ("v2", "c7", None, "10.00", None, None, t[1]),
+        ("v3", "c7", None, "10.00", None, None, t[2]),
+    ]
+    second = [("g4", "c5", "grocery", "10.00", None, None, t[3]), ("p4", "c6", None, "10.00", *nyc, t[3]),
+              ("v4", "c7", None, "10.00", None, None, t[3])]
+    with psycopg.connect(deployed.dsn) as conn:
+        insert(conn, first)
+        conn.commit()
+        insert(conn, second)
+        conn.commit()
+        assert conn.execute("select count(*) from ivm_test.first_category where card_id = 'c5'").fetchone()[0] == 2
+        assert conn.execute("select txn_id from ivm_test.travel where card_id = 'c6'").fetchall() == [("p4",)]
+        assert conn.execute("select txn_id from ivm_test.velocity where card_id = 'c7'").fetchall() == [("v4",)]
+        assert mismatches(conn, deployed.dbname) == {}

@@ -26,7 +26,7 @@ columns, with a bounded lookback (`rows N preceding`, `lag`, `range '<interval>'
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlglot import exp
 
@@ -47,6 +47,8 @@ class Member:
     rows: int  # row-count lookback (0: none)
     interval: str | None  # interval lookback
     needed: set[str]  # input columns the window reads from earlier rows
+    first_row: bool = False  # a first-row-per-key model (see `Group._first_rows`)
+    subkeys: list[str] = field(default_factory=list)  # first row per key: the partition's other input columns
 
     def group_key(self) -> tuple[str, str]:
         return self.key, self.order
@@ -55,10 +57,11 @@ class Member:
 def member(p: Plan, rel: str) -> Member | None:
     """`p`'s part in the group of input `rel`, or None when it is maintained on its own."""
     info = p._info
-    if p.shape != "window" or p.inputs != [rel] or info.get("top1") or len(info["scopes"]) != 1:
+    if p.shape != "window" or p.inputs != [rel] or len(info["scopes"]) != 1:
         return None
+    top1 = bool(info.get("top1"))
     lb = info["lookbacks"][0]
-    if lb.unbounded or len(info["keys"]) != 1:
+    if (lb.unbounded and not top1) or (len(info["keys"]) != 1 and not top1):
         return None
     tree = p._tree
     ctes = {c.alias: c.this for c in (tree.args["with_"].expressions if tree.args.get("with_") else [])}
@@ -74,8 +77,22 @@ def member(p: Plan, rel: str) -> Member | None:
 
     key = column(info["keys"][0])
     order = column(info["order"])
-    if key is None or order is None:
+    subkeys = [column(k) for k in info["keys"][1:]]
+    if key is None or order is None or None in subkeys:
         return None
+    if top1:
+        # the partition's other columns must be non-null on the way in (they are matched with =)
+        nonnull = set()
+        for f in filters:
+            neg = f.this if isinstance(f, exp.Not) else f
+            if (isinstance(neg, exp.Is) and (neg is not f or neg.args.get("negate"))
+                    and isinstance(neg.this, exp.Column) and isinstance(neg.expression, exp.Null)):
+                nonnull.add(neg.this.name)
+        if not set(subkeys) <= nonnull:
+            return None
+        return Member(plan=p, key=key, order=order, filters=[f.sql(DIALECT) for f in filters], pushed=None,
+                      rows=1, interval=None, needed={key, order, *subkeys, *(c.name for f in filters for c in f.find_all(exp.Column))},
+                      first_row=True, subkeys=subkeys)
     needed = {key, order}
     for f in filters:
         needed |= {c.name for c in f.find_all(exp.Column)}
@@ -158,6 +175,10 @@ class Group:
         counts = "".join(f", count(*){passing(m)} as {P}f{i}" for i, m in ms if m.rows)
         ok = []
         for i, m in ms:
+            if m.first_row:
+                # first row per key: its partitions seen in the shared rows already have their first row
+                ok.append(f"{P}gk.{P}h{i} as {P}s{i}, {P}gk.{P}h{i} as {P}a{i}, null::{dict(self.columns)[self.order]} as {P}lo{i}")
+                continue
             # The shared rows suffice when they are the key's whole past (fewer than it asked for),
             # or hold the member's rows-th row passing its filter and reach back past its interval.
             enough = []
@@ -192,7 +213,7 @@ class Group:
             f"inner join {P}ok as {P}o on {P}o.{P}k0 = {P}n.{k})",
         ]
         for i, m in ms:
-            ctes += self._member(i, m)
+            ctes += self._first_rows(i, m) if m.first_row else self._member(i, m)
         return "with " + ",\n".join(ctes) + f"\nselect exists (select from {P}gk where not {P}fast)"
 
     def _exact_read(self, m: Member) -> str:
@@ -209,19 +230,47 @@ class Group:
                           f"limit {m.rows}) as {P}p)")
         return f"{base}{f} and {P}x.{t} >= least({', '.join(bounds)}) offset 0"
 
-    def _member(self, i: int, m: Member) -> list[str]:
-        """A member's CTEs: its input (shared rows, exact reads, new rows), its own SQL over it
-        (CTEs renamed), and the insert of its outputs from t0 on."""
-        cols = _cols([c for c, _ in self.columns])
-        src = f"{P}in{i}"
-        out = [
-            f"{src} as (select {cols} from {P}wu where {P}u{i} "
-            f"union all select {_cols([c for c, _ in self.columns], P + 'x')} from (select * from {P}ok "
-            f"where {P}a{i} and not {P}s{i} order by {P}k0) as {P}o cross join lateral ({self._exact_read(m)}) as {P}x "
-            f"union all select {cols} from {P}nu where {P}u{i})"
-        ]
+    def _first_rows(self, i: int, m: Member) -> list[str]:
+        """A first-row-per-key member: in order, a partition of the key (the key plus `subkeys`)
+        keeps its first row if it had any row before t0. It had one when the shared rows show one
+        (no lookup), and had none when they are the key's whole past or the model has no row for it
+        (one lookup). Its new first row is its first new row."""
+        k = _qi(self.key)
+        subs = [_qi(c) for c in m.subkeys]
         p = m.plan
-        tree = p._tree.copy()
+        out_subs = [_qi(c) for c in p._info["out_keys"][1:]]
+        f_new = "".join(f" and ({x})" for x in m.filters)
+        group_by = ", ".join(str(n + 1) for n in range(len(subs) + 1))
+        seen = " and ".join([f"{P}w.{P}k0 = {P}p.{P}k0"] + [f"{P}w.{c} = {P}p.{P}d{n}" for n, c in enumerate(subs)])
+        w_pass = "".join(f" and ({x})" for x in _qualify(m.filters, f"{P}w"))
+        probe = " and ".join([f"{P}m.{_qi(p._info['out_keys'][0])} = {P}p.{P}k0"]
+                             + [f"{P}m.{c} = {P}p.{P}d{n}" for n, c in enumerate(out_subs)])
+        pairs = f"{P}p{i}"
+        unseen = f"{P}v{i}"
+        news = f"{P}q{i}"
+        src = f"{P}in{i}"
+        match = " and ".join([f"{P}q.{P}k0 = {P}n.{k}"] + [f"{P}q.{P}d{n} = {P}n.{c}" for n, c in enumerate(subs)])
+        out = [
+            f"{pairs} as materialized (select {', '.join([f'{k} as {P}k0'] + [f'{c} as {P}d{n}' for n, c in enumerate(subs)])} "
+            f"from {P}nu where {P}u{i}{f_new} group by {group_by})",
+            # the partitions the shared rows do not show (usually few), then those without a first row
+            f"{unseen} as materialized (select {P}p.* from {pairs} as {P}p where not exists (select from {P}w where {seen}{w_pass}))",
+            f"{news} as materialized (select {P}p.* from {unseen} as {P}p "
+            f"inner join {P}gk on {P}gk.{P}k0 = {P}p.{P}k0 left join {P}ws on {P}ws.{P}k0 = {P}p.{P}k0 "
+            f"where coalesce({P}ws.{P}n, 0) < {P}gk.{P}r "
+            f"or (select 1 from {_q(p.relation)} as {P}m where {probe} limit 1) is null)",
+            f"{src} as (select {_cols([c for c, _ in self.columns], P + 'n')} from {P}nu as {P}n "
+            f"where {P}n.{P}u{i} and exists (select from {news} as {P}q where {match}))",
+        ]
+        tree, ctes = self._renamed(i, m, src)
+        out += ctes
+        out.append(f"{P}ins{i} as (insert into {_q(p.relation)} ({_cols(p.columns)}) "
+                   f"select {_cols(p.columns, P + 'f')} from ({tree.sql(DIALECT)}) as {P}f returning 1)")
+        return out
+
+    def _renamed(self, i: int, m: Member, src: str) -> tuple[exp.Expression, list[str]]:
+        """The member's final select and its CTEs (renamed `__ivm_m<i>_<name>`), the input replaced by `src`."""
+        tree = m.plan._tree.copy()
         own = _pop_ctes(tree)
         names = {c.alias: f"{P}m{i}_{c.alias}" for c in own}
 
@@ -235,17 +284,47 @@ class Group:
                     tb.replace(exp.Table(this=exp.to_identifier(names[tb.name]),
                                          alias=exp.TableAlias(this=exp.to_identifier(alias))))
 
+        ctes = []
         for c in own:
             body = c.this.copy()
             rename(body)
-            out.append(f"{names[c.alias]} as not materialized ({body.sql(DIALECT)})")
+            ctes.append(f"{names[c.alias]} as not materialized ({body.sql(DIALECT)})")
         rename(tree)
+        return tree, ctes
+
+    def _member(self, i: int, m: Member) -> list[str]:
+        """A member's CTEs: its input (shared rows, exact reads, new rows), its own SQL over it
+        (CTEs renamed), and the insert of its outputs from t0 on."""
+        cols = _cols([c for c, _ in self.columns])
+        src = f"{P}in{i}"
+        out = [
+            f"{src} as (select {cols} from {P}wu where {P}u{i} "
+            f"union all select {_cols([c for c, _ in self.columns], P + 'x')} from (select * from {P}ok "
+            f"where {P}a{i} and not {P}s{i} order by {P}k0) as {P}o cross join lateral ({self._exact_read(m)}) as {P}x "
+            f"union all select {cols} from {P}nu where {P}u{i})"
+        ]
+        p = m.plan
+        tree, ctes = self._renamed(i, m, src)
+        out += ctes
         ok = (f"{P}o.{P}a{i} and {P}f.{_qi(p._info['out_keys'][0])} = {P}o.{P}k0 "
               f"and {P}f.{_qi(p._info['out_order'])} >= {P}o.{P}t0")
         out.append(f"{P}ins{i} as (insert into {_q(p.relation)} ({_cols(p.columns)}) "
                    f"select {_cols(p.columns, P + 'f')} from ({tree.sql(DIALECT)}) as {P}f "
                    f"where exists (select from {P}ok as {P}o where {ok}) returning 1)")
         return out
+
+
+def _qualify(filters: list[str], alias: str) -> list[str]:
+    """Filters over the input's columns, their columns qualified with `alias`."""
+    import sqlglot
+
+    out = []
+    for f in filters:
+        e = sqlglot.parse_one(f, read=DIALECT)
+        for c in e.find_all(exp.Column):
+            c.set("table", exp.to_identifier(alias))
+        out.append(e.sql(DIALECT))
+    return out
 
 
 def groups(plans: list[Plan], rel: str) -> dict[tuple[str, str], list[Member]]:
