@@ -181,3 +181,49 @@ def test_window_group_reads_past_the_shared_rows_when_they_do_not_suffice(deploy
         assert conn.execute("select txn_id from ivm_test.travel where card_id = 'c6'").fetchall() == [("p4",)]
         assert conn.execute("select txn_id from ivm_test.velocity where card_id = 'c7'").fetchall() == [("v4",)]
         assert mismatches(conn, deployed.dbname) == {}
+
+
+NULLABLE = {
+    "n_count": '''select id, k, t, count(*) over (
+    partition by k order by t range between interval '60 seconds' preceding and current row) as n
+from ivm_nulls.events''',
+    "n_lag": '''select id, k, t, v, lag(v) over (partition by k order by t, id collate "C") as prev_v
+from ivm_nulls.events''',
+    "n_first": '''with numbered as (
+    select id, k, t, v, row_number() over (partition by k order by t, id collate "C") as r
+    from ivm_nulls.events
+)
+select id, k, t, v from numbered where r = 1''',
+}
+
+
+@pytest.fixture(scope="module")
+def nullable(module_db):
+    """Window models partitioned by a column that can be null (a partition of its own)."""
+    with psycopg.connect(module_db.dsn) as conn:
+        conn.execute("create schema ivm_nulls")
+        conn.execute("create table ivm_nulls.events (id text primary key, k text, t timestamptz not null, v int)")
+        for name, sql in NULLABLE.items():
+            deploy_model(conn.cursor(), model=name, relation=f"ivm_nulls.{name}", sql=sql)
+    return module_db
+
+
+@settings(max_examples=int(os.environ.get("SENTINEL_IVM_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=st.lists(st.tuples(st.sampled_from(["a", "b", None]), st.sampled_from([0, 10, 30, 59, 60, 61, 200])),
+                       min_size=1, max_size=30), data=st.data())
+def test_null_partition_keys_are_maintained(nullable, stream, data):
+    models = [(f"ivm_nulls.{n}", sql) for n, sql in NULLABLE.items()]
+    maintained.reset(nullable.dsn, [r for r, _ in models])
+    with psycopg.connect(nullable.dsn) as conn:
+        conn.execute("truncate ivm_nulls.events")
+        conn.commit()
+        rows = [(f"e{i:02d}", k, T0 + timedelta(seconds=s), i) for i, (k, s) in enumerate(stream)]
+        rows = maintained.arrival_order(data, rows, when=2)
+        i = 0
+        while i < len(rows):
+            size = data.draw(st.integers(1, 6))
+            conn.cursor().executemany("insert into ivm_nulls.events values (%s, %s, %s, %s)", rows[i:i + size])
+            conn.commit()
+            assert maintained.mismatches(conn, models) == {}
+            i += size

@@ -14,8 +14,8 @@ _M = 0xFFFFFFFF
 
 
 def bucket_sql(expr: str) -> str:
-    """SQL for the bucket of a key whose first column is `expr`."""
-    return f"(hashtext(({expr})::text) & {BUCKETS - 1})"
+    """SQL for the bucket of a key whose first column is `expr` (a null key: bucket 0)."""
+    return f"coalesce(hashtext(({expr})::text) & {BUCKETS - 1}, 0)"
 
 
 def _rot(x: int, k: int) -> int:
@@ -61,6 +61,6 @@ def hashtext(text: str) -> int:
     return c
 
 
-def bucket(key: str) -> int:
+def bucket(key: str | None) -> int:
     """The bucket `bucket_sql` gives a key whose first column's text is `key`."""
-    return hashtext(key) & (BUCKETS - 1)
+    return 0 if key is None else hashtext(key) & (BUCKETS - 1)

@@ -140,7 +140,7 @@ class Group:
         k, t = _qi(self.key), _qi(self.order)
         lock = (f"select pg_advisory_xact_lock({LOCK_CLASS}, {P}b.b) from (select distinct "
                 f"{bucket_sql(k)} as b from {new} order by 1) as {P}b")
-        slow = (f"exists (select from {new} as {P}n where {P}n.{k} = {P}s.{P}k0 and {P}n.{t} <= "
+        slow = (f"{P}s.{P}k0 is null or exists (select from {new} as {P}n where {P}n.{k} = {P}s.{P}k0 and {P}n.{t} <= "
                 f"(select {P}w.high from {_q(self.wm)} as {P}w where {P}w.bucket = {bucket_sql(P + 's.' + P + 'k0')}))")
         general: list[Step] = []
         for m in self.members:
@@ -196,7 +196,8 @@ class Group:
         ctes = [
             # 1. the keys, each member's interest in them, 2. in order or not
             f"{P}g as materialized (select {k} as {P}k0, min({t}) as {P}t0, {hits} from {P}new group by 1)",
-            f"{P}gk as materialized (select {P}g.*, ({P}g.{P}t0 <= {P}w.high) is not true as {P}fast, {r} as {P}r "
+            f"{P}gk as materialized (select {P}g.*, ({P}g.{P}t0 <= {P}w.high) is not true and {P}g.{P}k0 is not null "
+            f"as {P}fast, {r} as {P}r "
             f"from {P}g left join {_q(self.wm)} as {P}w on {P}w.bucket = {bucket_sql(P + 'g.' + P + 'k0')})",
             # 3. the shared read: each key's last rows before t0, ties included
             f"{P}w as materialized (select {P}kk.{P}k0, {w_cols} "

@@ -18,7 +18,7 @@ from sqlglot import exp
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 
 DIALECT = "postgres"
-PLAN_VERSION = "11"
+PLAN_VERSION = "12"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -215,6 +215,10 @@ class _WindowSql:
         self.o_src = _as_alias(src.copy(), self.alias).sql(DIALECT)
         self.kcols = [f"{P}k{i}" for i in range(len(self.keys))]
         self.key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(self.keys, self.kcols))
+        # The general path also takes keys with a null (a partition of its own, which `=` misses);
+        # the fast paths leave them to it.
+        self.key_match_ns = " and ".join(_eq(k, f"{P}kk.{c}") for k, c in zip(self.keys, self.kcols))
+        self.null_key = " or ".join(f"{P}s.{c} is null" for c in self.kcols)
         self.out_keys = info["out_keys"]
         self.out_t = info["out_order"]
         self.lbs: list[Lookback] = info["lookbacks"]
@@ -250,7 +254,7 @@ class _WindowSql:
                 cte.set("materialized", False)
         return self._with(head + [c.sql(DIALECT) for c in ctes]), tree.sql(DIALECT)
 
-    def _since(self, base: str) -> str:
+    def _since(self, base: str, match: str | None = None) -> str:
         """The lower bound of the inputs a key's recomputation from `base` reads ('' = all)."""
         lbs = self.lbs
         if any(x.unbounded for x in lbs):
@@ -267,12 +271,15 @@ class _WindowSql:
             # (fewer rows: the key's first; none: null, which least() ignores)
             extra = f" and ({self.where})" if self.where else ""
             bounds.append(
-                f"(select min({P}p.{P}t) from (select {self.t} as {P}t from {self.o_src} where {self.key_match}{extra} "
+                f"(select min({P}p.{P}t) from (select {self.t} as {P}t from {self.o_src} where {match or self.key_match}{extra} "
                 f"and {self.t} < ({base}) order by {self.t} desc limit {inner.rows}) as {P}p)")
         return f" and {self.t} >= least({', '.join(bounds)})"
 
-    def _since_t0(self, alias: str, keys: str) -> str:
-        return " and ".join([f"{alias}.{_qi(c)} = {keys}.{k}" for c, k in zip(self.out_keys, self.kcols)]
+    def _since_t0(self, alias: str, keys: str, *, null_safe: str = "") -> str:
+        """The rows of `alias` at or after their key's t0 in `keys`; null keys match with
+        `null_safe` 'index' (a form an index serves) or 'hash' (a form a hash join serves)."""
+        eq = {"": lambda a, b: f"{a} = {b}", "index": _eq, "hash": _eq_hash}[null_safe]
+        return " and ".join([eq(f"{alias}.{_qi(c)}", f"{keys}.{k}") for c, k in zip(self.out_keys, self.kcols)]
                             + [f"{alias}.{_qi(self.out_t)} >= {keys}.{P}t0"])
 
     def _bucket(self, expr: str) -> str:
@@ -294,7 +301,8 @@ class _WindowSql:
         wm = _q(self.watermark)
         return self._delta_ctes() + [
             f"{P}q as materialized ({self._keys_select(hit)})",
-            f"{P}kf as materialized (select {P}q.*, ({P}q.{P}t0 <= {P}w.high) is not true as {P}fast "
+            f"{P}kf as materialized (select {P}q.*, ({P}q.{P}t0 <= {P}w.high) is not true "
+            f"{''.join(f'and {P}q.{c} is not null ' for c in self.kcols)}as {P}fast "
             f"from {P}q left join {wm} as {P}w on {P}w.bucket = {self._bucket(P + 'q.' + self.kcols[0])})",
         ]
 
@@ -336,11 +344,12 @@ class _WindowSql:
         ]
         restricted = (f"select {_qi(self.alias)}.* from {self.d_src} where exists "
                       f"(select from {P}kf as {P}kk where {P}kk.{P}mt is null and {self.key_match})")
+        null_key = " or ".join(f"{c} is null" for c in self.kcols)
         prefix, final = self._model_over(restricted, head)
         cols = self.p.columns
         return (f"{prefix[:-1]},\n{P}ins as (insert into {_q(self.p.relation)} ({_cols(cols)}) "
                 f"select {_cols(cols, P + 'f')} from ({final}) as {P}f returning 1)\n"
-                f"select exists (select from {P}kf where {P}mt >= {P}t0)")
+                f"select exists (select from {P}kf where {P}mt >= {P}t0 or {null_key})")
 
     def watermark_update(self) -> str:
         """Raise each touched bucket's watermark to the highest order value of its new rows."""
@@ -370,10 +379,10 @@ class _WindowSql:
             keys_query = f"select * from ({keys_query}) as {P}s where {slow_sql}"
         elif slow and self.top1:
             current = " and ".join(f"{P}m.{_qi(c)} = {P}s.{k}" for c, k in zip(self.out_keys, self.kcols))
-            keys_query = (f"select * from ({keys_query}) as {P}s where exists (select from {_q(self.p.relation)} "
-                          f"as {P}m where {current} and {P}m.{_qi(self.out_t)} >= {P}s.{P}t0)")
+            keys_query = (f"select * from ({keys_query}) as {P}s where {self.null_key} or exists (select from "
+                          f"{_q(self.p.relation)} as {P}m where {current} and {P}m.{_qi(self.out_t)} >= {P}s.{P}t0)")
         elif slow:
-            keys_query = (f"select * from ({keys_query}) as {P}s where {P}s.{P}t0 <= (select {P}w.high from "
+            keys_query = (f"select * from ({keys_query}) as {P}s where {self.null_key} or {P}s.{P}t0 <= (select {P}w.high from "
                           f"{_q(self.watermark)} as {P}w where {P}w.bucket = {self._bucket(P + 's.' + self.kcols[0])})")
         k_tab, f_tab, o_tab = self.k_tab, self.f_tab, self.o_tab
         top1 = self.top1
@@ -381,7 +390,7 @@ class _WindowSql:
             # First row per key over appended rows: the new first is among the current first (the
             # model's row) and the new rows, so the key's history is never read.
             need = _cols(top1)
-            current = " and ".join(f"{P}m.{_qi(c)} = {P}kk.{k}" for c, k in zip(self.out_keys, self.kcols))
+            current = " and ".join(_eq(f"{P}m.{_qi(c)}", f"{P}kk.{k}") for c, k in zip(self.out_keys, self.kcols))
             restricted = (
                 f"select {need} from {self.d_src} union all "
                 f"select {_cols(top1, P + 'x')} from {k_tab} as {P}kk cross join lateral "
@@ -394,19 +403,19 @@ class _WindowSql:
             # sort) instead of sorting all of them.
             restricted = (
                 f"select {_qi(self.alias)}.* from (select * from {k_tab} order by {', '.join(self.kcols)}) as {P}kk "
-                f"cross join lateral (select * from {self.o_src} where {self.key_match}"
-                f"{self._since(P + 'kk.' + P + 't0')} offset 0) as {_qi(self.alias)} "
-                f"where " + " and ".join(f"{_qi(self.alias)}.{k} = {P}kk.{c}" for k, c in zip(self.keys, self.kcols)))
+                f"cross join lateral (select * from {self.o_src} where {self.key_match_ns}"
+                f"{self._since(P + 'kk.' + P + 't0', self.key_match_ns)} offset 0) as {_qi(self.alias)} "
+                f"where " + " and ".join(_eq(f"{_qi(self.alias)}.{k}", f"{P}kk.{c}") for k, c in zip(self.keys, self.kcols)))
             head = []
         prefix, final = self._model_over(restricted, head)
-        since_t0 = self._since_t0(P + "f", P + "kk")
         cols = self.p.columns
         rel = _q(self.p.relation)
         # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change)
         fill = (f"{prefix}insert into {f_tab} select {P}f.* from ({final}) as {P}f "
-                f"where exists (select from {k_tab} as {P}kk where {since_t0})")
+                f"where exists (select from {k_tab} as {P}kk where {self._since_t0(P + 'f', P + 'kk', null_safe='hash')})")
         old = (f"insert into {o_tab} select {P}x.* from {k_tab} as {P}kk cross join lateral "
-               f"(select {P}f.ctid, {P}f.* from {rel} as {P}f where {since_t0} offset 0) as {P}x")
+               f"(select {P}f.ctid, {P}f.* from {rel} as {P}f where "
+               f"{self._since_t0(P + 'f', P + 'kk', null_safe='index')} offset 0) as {P}x")
         # Two statements, delete then insert: downstream triggers see each kind separately.
         delete, insert = multiset_diff(self.p.relation, cols, f"table {o_tab}", f"table {f_tab}")
         return [
@@ -926,6 +935,16 @@ def _derive(tree: exp.Expression, rel: str, delta: str) -> str:
             alias = t_.alias_or_name
             t_.replace(exp.Table(this=exp.to_identifier(delta), alias=exp.TableAlias(this=exp.to_identifier(alias))))
     return t.sql(DIALECT)
+
+
+def _eq(a: str, b: str) -> str:
+    """a equals b, nulls equal (written so that an index on a serves the a = b part)."""
+    return f"({a} = {b} or ({a} is null and {b} is null))"
+
+
+def _eq_hash(a: str, b: str) -> str:
+    """a equals b, nulls equal, as one hashable equality (one-element arrays compare nulls equal)."""
+    return f"array[{a}] = array[{b}]"
 
 
 def _create_temp(name: str, query: str) -> str:
