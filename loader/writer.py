@@ -589,12 +589,17 @@ class Writers:
         return total
 
     def _part(self, row: Row) -> int:
-        card = row[CARD] if row.__class__ is tuple else row.split("\t", CARD + 1)[CARD]
+        if row.__class__ is tuple:
+            card = row[CARD]
+        else:
+            card = row.split("\t", CARD + 1)[CARD]
+            if "\\" in card:  # the line's escaped text: bucket the value itself, as its tuple would be
+                card = None if card == "\\N" else _ESCAPED.sub(lambda m: _UNESCAPES.get(m[1], m[1]), card)
         part = self._buckets.get(card)  # type: ignore[arg-type]
         if part is None:
             if len(self._buckets) > 1_000_000:
                 self._buckets.clear()
-            part = self._buckets[card] = bucket(str(card)) % len(self._writers)  # type: ignore[index]
+            part = self._buckets[card] = bucket(None if card is None else str(card)) % len(self._writers)  # type: ignore[index]
         return part
 
     def write(self, row: Row) -> None:

@@ -6,7 +6,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -14,14 +16,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from loader.generator import GeneratorConfig, generate
-from loader.writer import Writer, format_copy_text, row_from_line
+from loader.generator import GeneratorConfig, generate, generate_batches
+from loader.schema import INDEX
+from loader.writer import Writer, Writers, WriterStats, format_copy_text, row_from_line
+from sentinel.ivm.buckets import bucket
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _row(txn_id: str, amount: str = "10.00") -> tuple:
-    return (txn_id, "c1", None, "m1", "grocery", Decimal(amount), "USD", "pos", "US", 1.0, 2.0, "d1",
+def _row(txn_id: str, amount: str = "10.00", card_id: str = "c1") -> tuple:
+    return (txn_id, card_id, None, "m1", "grocery", Decimal(amount), "USD", "pos", "US", 1.0, 2.0, "d1",
             datetime(2025, 1, 6, tzinfo=timezone.utc), False, None)
 
 
@@ -209,3 +213,172 @@ def test_cli_in_insert_mode_loads_the_same_stream(db) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["loaded"] == 3000
     assert _ids(db.dsn) == sorted(r[0] for r in generate(GeneratorConfig(seed=9, count=3000)))
+
+
+# -- Writers: rows shared out over several connections by their card's bucket ---------------
+
+CARD = INDEX["card_id"]
+
+# Records, per inserted row, the backend (connection) that inserted it.
+ARRIVALS_DDL = """
+create table fraud.test_arrivals (txn_id text, card_id text, pid int);
+create function fraud.test_log_arrivals() returns trigger
+language plpgsql security definer as $$
+begin
+    insert into fraud.test_arrivals select n.txn_id, n.card_id, pg_backend_pid() from new_rows as n;
+    return null;
+end
+$$;
+create trigger test_log_arrivals after insert on fraud.transactions
+referencing new table as new_rows for each statement execute function fraud.test_log_arrivals();
+"""
+
+
+def _record_arrivals(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ARRIVALS_DDL)
+
+
+def _arrivals(dsn: str) -> dict[str, set[int]]:
+    """card_id -> the backends that inserted its rows."""
+    cards: dict[str, set[int]] = defaultdict(set)
+    with psycopg.connect(dsn) as conn:
+        for card, pid in conn.execute("select card_id, pid from fraud.test_arrivals"):
+            cards[card].add(pid)
+    return cards
+
+
+def _card(row: tuple | str) -> str:
+    return row[CARD] if isinstance(row, tuple) else row_from_line(row)[CARD]
+
+
+def _txn(row: tuple | str) -> str:
+    return row[0] if isinstance(row, tuple) else row.split("\t", 1)[0]
+
+
+def _sum_stats(stats: list[WriterStats]) -> tuple:
+    return tuple(sum(getattr(s, f) for s in stats) for f in ("sent", "inserted", "duplicates", "rejected", "batches"))
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("kind", ["lines", "tuples"])
+def test_writers_deliver_every_row_once_and_add_up_their_stats(db, count: int, kind: str) -> None:
+    config = GeneratorConfig(seed=31, count=3000)
+    if kind == "lines":  # what the loader sends: mostly COPY lines, fraud rows as tuples
+        batches = list(generate_batches(config))
+        assert any(isinstance(r, str) for b in batches for r in b) and any(isinstance(r, tuple) for b in batches for r in b)
+    else:
+        rows = list(generate(config))
+        batches = [rows[i:i + 700] for i in range(0, len(rows), 700)]
+    rows = [r for b in batches for r in b]
+    _record_arrivals(db.dsn)
+    with Writers(db.loader_dsn, count=count, batch_rows=400) as writers:
+        assert (writers.dialect, writers.mode) == ("postgres", "copy")
+        assert len(writers._writers) == count
+        for batch in batches:
+            writers.write_many(batch)
+        writers.write(_row("single", card_id="c-single"))
+        writers.flush()
+        inner = [w.stats for w in writers._writers]
+        total = writers.stats
+    n = len(rows) + 1
+    assert (total.sent, total.inserted, total.duplicates, total.rejected) == (n, n, 0, 0)
+    assert (total.sent, total.inserted, total.duplicates, total.rejected, total.batches) == _sum_stats(inner)
+    assert total.batches >= count  # each writer sent batches of its own
+    # each inner writer got exactly the rows of its cards' buckets
+    expected = [0] * count
+    for row in rows + [_row("single", card_id="c-single")]:
+        expected[bucket(_card(row)) % count] += 1
+    assert [s.sent for s in inner] == expected
+    assert _ids(db.dsn) == sorted([_txn(r) for r in rows] + ["single"])
+    # each card's rows went over one connection, and `count` connections were used
+    arrivals = _arrivals(db.dsn)
+    assert len(arrivals) == len({_card(r) for r in rows}) + 1
+    assert all(len(pids) == 1 for pids in arrivals.values())
+    assert len(set().union(*arrivals.values())) == count
+
+
+def test_writers_part_is_the_card_bucket_for_tuples_and_lines(db) -> None:
+    rows = [r for b in generate_batches(GeneratorConfig(seed=32, count=500)) for r in b]
+    rows += [_row(f"x{i}", card_id=f"card-{i}") for i in range(100)]
+    for count in (1, 2, 3):
+        with Writers(db.loader_dsn, count=count) as writers:
+            for row in rows:
+                part = bucket(_card(row)) % count
+                assert writers._part(row) == part
+                if isinstance(row, tuple):  # the same row as a line goes the same way
+                    assert writers._part(_line(row)) == part
+            if count > 1:
+                assert len({writers._part(r) for r in rows}) == count
+
+
+def test_writers_count_resent_rows_as_duplicates_across_writers(db) -> None:
+    rows = list(generate(GeneratorConfig(seed=33, count=1500)))
+    lines = [_line(r) for r in rows]
+    with Writers(db.loader_dsn, count=2, batch_rows=300) as writers:
+        writers.write_many(rows)
+        writers.flush()
+        writers.write_many(lines[:500])  # re-sent, as lines this time
+    assert (writers.stats.inserted, writers.stats.duplicates, writers.stats.rejected) == (1500, 500, 0)
+    # other writers, another split of the same cards: still only duplicates
+    with Writers(db.loader_dsn, count=3, batch_rows=300) as again:
+        again.write_many(lines[1000:] + [_row("new-one", card_id="c-new")])
+    assert (again.stats.sent, again.stats.inserted, again.stats.duplicates, again.stats.rejected) == (501, 1, 500, 0)
+    assert _ids(db.dsn) == sorted([r[0] for r in rows] + ["new-one"])
+
+
+def test_writers_refused_rows_go_to_on_reject_one_call_at_a_time(db) -> None:
+    cards = [f"card-{i}" for i in range(40)]
+    by_part: dict[int, list[str]] = defaultdict(list)
+    for card in cards:
+        by_part[bucket(card) % 2].append(card)
+    assert len(by_part) == 2  # both writers get good and bad rows
+    good = [_row(f"ok{i}", card_id=card) for i, card in enumerate(cards)]
+    bad = [_row(f"bad{p}-{k}", amount="-1.00", card_id=card)
+           for p, part_cards in by_part.items() for k, card in enumerate(part_cards[:8])]
+    refused: list[tuple] = []
+    active = 0
+    most_active = 0
+    guard = threading.Lock()
+
+    def on_reject(row: tuple, reason: str) -> None:
+        nonlocal active, most_active
+        with guard:
+            active += 1
+            most_active = max(most_active, active)
+        time.sleep(0.005)  # both sender threads refuse rows at the same time
+        refused.append((row, reason))
+        with guard:
+            active -= 1
+
+    mixed = [r for pair in zip(good, bad + [None] * len(good)) for r in pair if r is not None]
+    with Writers(db.loader_dsn, count=2, batch_rows=len(mixed), on_reject=on_reject) as writers:
+        writers.write_many([_line(r) if k % 2 else r for k, r in enumerate(mixed)])
+    assert _ids(db.dsn) == sorted(r[0] for r in good)
+    assert sorted(row for row, _ in refused) == sorted(bad)  # lines come back as their rows
+    assert all("transactions_amount_positive" in reason for _, reason in refused)
+    assert most_active == 1
+    stats = writers.stats
+    assert (stats.sent, stats.inserted, stats.rejected, stats.duplicates) == (len(mixed), len(good), len(bad), 0)
+    assert all(w.stats.rejected == 8 for w in writers._writers)
+
+
+def test_cli_with_three_writers_loads_exactly_count_rows(db) -> None:
+    _record_arrivals(db.dsn)
+    done = subprocess.run(_load_cmd(db, "--writers", "3", "--count", "4000", "--seed", "34", "--batch-rows", "500",
+                                    "--json"),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["read"], summary["loaded"], summary["rejected"], summary["duplicates"]) == (4000, 4000, 0, 0)
+    assert _ids(db.dsn) == sorted(r[0] for r in generate(GeneratorConfig(seed=34, count=4000)))
+    arrivals = _arrivals(db.dsn)
+    assert all(len(pids) == 1 for pids in arrivals.values())
+    assert len(set().union(*arrivals.values())) == 3
+
+
+def test_writers_part_unescapes_the_card_of_a_line(db) -> None:
+    with Writers(db.loader_dsn, count=2) as writers:
+        for card in ("a\\b", "tab\there", "c\\1", "new\nline"):
+            row = _row("t1", card_id=card)
+            assert writers._part(_line(row)) == writers._part(row) == bucket(card) % 2, card

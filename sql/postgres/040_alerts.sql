@@ -71,6 +71,7 @@ cross join head;
 -- on the alert view only stages its rows in a session temp table (no lock: writers maintaining
 -- models side by side do not wait for each other here); the first staging of a transaction arms
 -- a deferred constraint trigger that moves them into the change log when the transaction commits.
+-- stage_ready() makes the session's staging tables; stage_armed() queues the move.
 create or replace function sentinel_alerts.stage_ready() returns void
 language plpgsql as $$
 begin
@@ -89,9 +90,17 @@ begin
             deferrable initially deferred
             for each row execute function sentinel_alerts.flush_pending();
     end if;
+end
+$$;
+
+-- After rows were staged: make sure a flush is queued. The flag goes on before the insert that
+-- queues it, since under SET CONSTRAINTS ... IMMEDIATE the flush runs (and turns it off) at once.
+create or replace function sentinel_alerts.stage_armed() returns void
+language plpgsql as $$
+begin
     if current_setting('sentinel_alerts.armed', true) is distinct from 'on' then
-        insert into pg_temp.sentinel_alerts_commit values (true);
         perform set_config('sentinel_alerts.armed', 'on', true);
+        insert into pg_temp.sentinel_alerts_commit values (true);
     end if;
 end
 $$;
@@ -163,6 +172,7 @@ begin
         ) as changes
         order by step, txn_id, rule;
     end if;
+    perform sentinel_alerts.stage_armed();
     return null;
 end
 $$;
