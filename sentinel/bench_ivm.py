@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,18 +23,53 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from loader.bench import baseline, scratch_database
+from loader.bench import RAW_TABLE, baseline, scratch_database
 from loader.generator import GeneratorConfig, generate, generate_batches
 from loader.load import load
-from loader.writer import Writers
+from loader.schema import COLUMNS
+from loader.writer import Writers, format_copy_text
 from sentinel.console import console, out
 from sentinel.deploy import run_dbt
+from sentinel.ivm.buckets import bucket
 
 
 def ingest(dsn: str, batches: Iterator[list], *, batch: int, writers: int) -> tuple[float, float]:
     """Write generator batches through the loader's writers; (rows/s, mean ms per batch and writer)."""
     summary = load(batches, Writers(dsn, count=writers, batch_rows=batch, batch_ms=60_000), batched=True)
     return summary.rows_per_s, 1000 * summary.elapsed_s * writers / max(summary.batches, 1)
+
+
+def parallel_baseline(dsn: str, rows: list[tuple], connections: int) -> float:
+    """Rows/s of raw COPYs into the identical table (no models), the rows shared out by card bucket
+    over `connections` connections sending at once, each its own pre-formatted COPY."""
+    parts: list[list[tuple]] = [[] for _ in range(connections)]
+    for row in rows:
+        parts[bucket(row[1]) % connections].append(row)
+    data = [format_copy_text(p) for p in parts]
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
+    errors: list[BaseException] = []
+
+    def send(conn: psycopg.Connection, payload: bytes) -> None:
+        try:
+            with conn.cursor().copy(f"copy {RAW_TABLE} ({', '.join(COLUMNS)}) from stdin") as copy:
+                copy.write(payload)
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=send, args=(c, d)) for c, d in zip(conns, data)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.perf_counter() - started
+    finally:
+        for c in conns:
+            c.close()
+    if errors:
+        raise errors[0]
+    return len(rows) / took
 
 
 def stream(seed: int, count: int, cards: int, after: datetime | None = None) -> Iterator[list]:
@@ -121,11 +157,21 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
         t = time.perf_counter()
         run_dbt(["run"], dsn=dsn, target_path=tmp / "target", log_path=tmp / "logs")
         figures["dbt_run_s"] = round(time.perf_counter() - t, 2)
+        raw_rows = list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards)))
         with psycopg.connect(dsn, autocommit=True) as conn:
-            raw_rate = baseline(conn, list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards))))
+            raw_rate = baseline(conn, raw_rows)
+            conn.execute(f"truncate {RAW_TABLE}")
+        if args.writers > 1:
+            # the same rows over as many connections as the loader uses, pre-formatted: what the
+            # server takes in raw when both cores work on it
+            figures["raw_copy_parallel_rows_per_s"] = round(parallel_baseline(dsn, raw_rows, args.writers))
+        del raw_rows
         empty_rate, empty_batch_ms = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch, writers=args.writers)
         figures.update(raw_copy_rows_per_s=round(raw_rate), models_rows_per_s_empty=round(empty_rate),
-                       models_vs_raw=round(empty_rate / raw_rate, 2), batch_ms_mean_empty=round(empty_batch_ms, 1))
+                       models_vs_raw=round(empty_rate / raw_rate, 2), batch_ms_mean_empty=round(empty_batch_ms, 1),
+                       writers=args.writers)
+        if "raw_copy_parallel_rows_per_s" in figures:
+            figures["models_vs_raw_parallel"] = round(empty_rate / figures["raw_copy_parallel_rows_per_s"], 2)
         console.print(f"raw COPY {raw_rate:,.0f} rows/s; loader with every model {empty_rate:,.0f} rows/s "
                       f"({empty_rate / raw_rate:.2f}x)")
         if args.history:

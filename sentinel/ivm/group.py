@@ -170,7 +170,6 @@ class Group:
         any_hit = " or ".join(f"{P}h{i}" for i, _ in ms)
         needed = set().union(*(m.needed for m in self.members))
         cols = [c for c, _ in self.columns]
-        w_cols = ", ".join(f"{P}s.{_qi(c)}" if c in needed else f"null::{typ} as {_qi(c)}" for c, typ in self.columns)
         read_cols = ", ".join(f"{P}s.{_qi(c)}" for c in cols if c in needed)
         counts = "".join(f", count(*){passing(m)} as {P}f{i}" for i, m in ms if m.rows)
         ok = []
@@ -200,7 +199,7 @@ class Group:
             f"as {P}fast, {r} as {P}r "
             f"from {P}g left join {_q(self.wm)} as {P}w on {P}w.bucket = {bucket_sql(P + 'g.' + P + 'k0')})",
             # 3. the shared read: each key's last rows before t0, ties included
-            f"{P}w as materialized (select {P}kk.{P}k0, {w_cols} "
+            f"{P}w as materialized (select {P}kk.{P}k0, {read_cols} "
             f"from (select * from {P}gk where {P}fast and ({any_hit}) order by {P}k0) as {P}kk cross join lateral "
             f"(select {read_cols} from {_q(self.rel)} as {P}s where {P}s.{k} = {P}kk.{P}k0 and {P}s.{t} < {P}kk.{P}t0 "
             f"order by {P}s.{t} desc fetch first {P}kk.{P}r rows with ties) as {P}s)",
@@ -297,9 +296,12 @@ class Group:
         """A member's CTEs: its input (shared rows, exact reads, new rows), its own SQL over it
         (CTEs renamed), and the insert of its outputs from t0 on."""
         cols = _cols([c for c, _ in self.columns])
+        needed = set().union(*(x.needed for x in self.members))
+        # the shared rows carry only the columns the windows read; the others are null
+        w_cols = ", ".join(_qi(c) if c in needed else f"null::{typ} as {_qi(c)}" for c, typ in self.columns)
         src = f"{P}in{i}"
         out = [
-            f"{src} as (select {cols} from {P}wu where {P}u{i} "
+            f"{src} as (select {w_cols} from {P}wu where {P}u{i} "
             f"union all select {_cols([c for c, _ in self.columns], P + 'x')} from (select * from {P}ok "
             f"where {P}a{i} and not {P}s{i} order by {P}k0) as {P}o cross join lateral ({self._exact_read(m)}) as {P}x "
             f"union all select {cols} from {P}nu where {P}u{i})"
