@@ -52,7 +52,7 @@ SERVER_SETTINGS = {
     "effective_io_concurrency": "64",
     # Append-only source: vacuum for visibility/freezing after inserts, not dead tuples.
     "autovacuum_vacuum_insert_scale_factor": "0.05",
-    "autovacuum_naptime": "2s",
+    "autovacuum_naptime": "10s",
     "max_connections": "100",
     "timezone": "UTC",
     "log_timezone": "UTC",

@@ -12,7 +12,7 @@ that work. One trigger per input runs one statement for the whole batch:
    input has had (`sentinel_ivm.wmg_*`);
 3. one backward read per key of its last rows before t0 (as many as its members need, ties
    included), with only the columns the members' windows read (the others are null: those old
-   rows' own outputs are never kept) -- an index-only read where the per-card index covers them;
+   rows' own outputs are never kept);
 4. per member, whether those rows suffice (enough rows passing its filter for its row-count frame,
    reaching back past its interval, or the key's whole history), else an exact read for the key;
 5. per member, its own SQL over those rows and the new rows of its keys, the outputs from t0 on

@@ -34,24 +34,17 @@ create table if not exists fraud.transactions (
 comment on table fraud.transactions is
     'Card transactions, append-only. A re-sent txn_id is ignored (insert ... on conflict do nothing).';
 
--- Per-card windows (velocity, impossible travel, running averages) read a card's last rows before
--- a time, in (event_time, txn_id) order. The index carries the columns those windows read, so the
--- reads are index-only wherever vacuum has marked the pages all-visible (no heap fetch per row).
--- (It replaces transactions_card_time_idx, the same index without them.)
-create index if not exists transactions_card_recent_idx
-    on fraud.transactions (card_id, event_time, txn_id) include (amount, country, lat, lon, device_id);
-drop index if exists fraud.transactions_card_time_idx;
--- Per-minute marts and time-bounded scans read by event_time.
+-- Per-card windows (velocity, impossible travel, running averages) read a card's recent rows in
+-- (event_time, txn_id) order; per-minute marts and time-bounded scans read by event_time.
+create index if not exists transactions_card_time_idx
+    on fraud.transactions (card_id, event_time, txn_id);
 create index if not exists transactions_event_time_idx
     on fraud.transactions using brin (event_time) with (pages_per_range = 32);
 
--- Append-only: autovacuum should mark inserted pages all-visible soon (the per-card reads stay
--- index-only), without waiting for dead tuples that never come: every 20,000 inserted rows,
--- unthrottled (such a vacuum only visits the new pages).
+-- Append-only: autovacuum should freeze and update the visibility map for inserted pages,
+-- without waiting for dead tuples that never come.
 alter table fraud.transactions set (
-    autovacuum_vacuum_insert_threshold = 20000,
-    autovacuum_vacuum_insert_scale_factor = 0,
-    autovacuum_vacuum_cost_delay = 0,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
     autovacuum_analyze_scale_factor = 0.02
 );
 
