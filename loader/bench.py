@@ -88,12 +88,12 @@ def baseline(conn: psycopg.Connection, rows: list[tuple]) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-def loader_run(dsn: str, count: int, seed: int, batch_rows: int) -> dict:
+def loader_run(dsn: str, count: int, seed: int, batch_rows: int, writers: int = 2) -> dict:
     """Run `python -m loader.cli` and return its JSON summary (with its own peak RSS) and wall time."""
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "loader.cli", "--dsn", dsn, "--count", str(count), "--seed", str(seed),
-         "--batch-rows", str(batch_rows), "--json", "-q"],
+         "--batch-rows", str(batch_rows), "--writers", str(writers), "--json", "-q"],
         cwd=REPO, capture_output=True, text=True, check=False,
     )
     wall = time.perf_counter() - started
@@ -111,8 +111,11 @@ def loader_run(dsn: str, count: int, seed: int, batch_rows: int) -> dict:
 @click.option("--rss-count", type=click.IntRange(min=0), default=2_000_000, show_default=True,
               help="Rows of the long run that measures peak memory (0: skip).")
 @click.option("--batch-rows", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--writers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="The loader's connections (`sentinel load --writers`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
-def main(dsn: str | None, count: int, repeat: int, rss_count: int, batch_rows: int, as_json: bool) -> None:
+def main(dsn: str | None, count: int, repeat: int, rss_count: int, batch_rows: int, writers: int,
+         as_json: bool) -> None:
     """Compare the loader's rate with a raw psycopg COPY and report its peak memory."""
     from sentinel.console import console
 
@@ -125,7 +128,7 @@ def main(dsn: str | None, count: int, repeat: int, rss_count: int, batch_rows: i
                 _clear(conn)
                 raw_rates.append(baseline(conn, rows))
                 _clear(conn)
-                run = loader_run(bench_dsn, count, 1, batch_rows)
+                run = loader_run(bench_dsn, count, 1, batch_rows, writers)
                 loader_rates.append(run["rows_per_s"])
                 wall_rates.append(count / run["wall_s"])
                 console.print(f"round {i + 1}: raw COPY {raw_rates[-1]:,.0f} rows/s · loader "
@@ -136,7 +139,7 @@ def main(dsn: str | None, count: int, repeat: int, rss_count: int, batch_rows: i
             if rss_count:
                 _clear(conn)
                 console.print(f"long run: {rss_count:,} rows for peak memory…")
-                long_run = loader_run(bench_dsn, rss_count, 2, batch_rows)
+                long_run = loader_run(bench_dsn, rss_count, 2, batch_rows, writers)
                 rss = round(long_run["peak_rss_mb"], 1)
         raw, ldr, wall = (statistics.median(x) for x in (raw_rates, loader_rates, wall_rates))
         # back-to-back pairs see the same machine load: the median of per-round ratios is the figure
@@ -144,6 +147,7 @@ def main(dsn: str | None, count: int, repeat: int, rss_count: int, batch_rows: i
         wall_ratios = [wr / rr for wr, rr in zip(wall_rates, raw_rates)]
         figures = {
             "count": count,
+            "writers": writers,
             "repeat": repeat,
             "raw_copy_rows_per_s": round(raw),
             "loader_rows_per_s": round(ldr),

@@ -44,7 +44,7 @@ from psycopg import sql
 
 from loader.schema import COLUMNS, INDEX
 from sentinel.errors import one_line
-from sentinel.ivm.buckets import bucket
+from sentinel.ivm.buckets import buckets
 from sentinel.schema import detect_engine
 
 log = logging.getLogger("sentinel.loader")
@@ -539,6 +539,13 @@ class Writer:
 CARD = INDEX["card_id"]
 
 
+def _unescaped(text: str) -> str | None:
+    """A COPY text field's value (a card's bucket is that of its value, as its tuple's would be)."""
+    if "\\" not in text:
+        return text
+    return None if text == "\\N" else _ESCAPED.sub(lambda m: _UNESCAPES.get(m[1], m[1]), text)
+
+
 class Writers:
     """Rows shared out over several `Writer`s by their card's key bucket (`sentinel.ivm.buckets`).
 
@@ -588,19 +595,30 @@ class Writers:
                 total.duplicates += s.duplicates or 0
         return total
 
+    def _parts(self, rows: Sequence[Row]) -> list[int]:
+        """Each row's writer: its card's bucket modulo the writers (cards seen before: cached;
+        the others in one vectorised hash)."""
+        cards = [row.split("\t", 2)[1] if row.__class__ is str else row[CARD] for row in rows]
+        for i, row in enumerate(rows):  # a line's field is escaped text: the cache holds values
+            if row.__class__ is str and "\\" in cards[i]:
+                cards[i] = _unescaped(cards[i])
+        known = self._buckets
+        try:
+            return [known[c] for c in cards]
+        except KeyError:
+            pass
+        new = {c for c in cards if c not in known}
+        if len(known) > 1_000_000:
+            known.clear()
+        n = len(self._writers)
+        hashed = [c for c in new if c is not None]
+        known.update(zip(hashed, (b % n for b in buckets([str(c) for c in hashed]))))
+        if None in new:
+            known[None] = 0  # a null key's bucket (bucket_sql)
+        return [known[c] for c in cards]
+
     def _part(self, row: Row) -> int:
-        if row.__class__ is tuple:
-            card = row[CARD]
-        else:
-            card = row.split("\t", CARD + 1)[CARD]
-            if "\\" in card:  # the line's escaped text: bucket the value itself, as its tuple would be
-                card = None if card == "\\N" else _ESCAPED.sub(lambda m: _UNESCAPES.get(m[1], m[1]), card)
-        part = self._buckets.get(card)  # type: ignore[arg-type]
-        if part is None:
-            if len(self._buckets) > 1_000_000:
-                self._buckets.clear()
-            part = self._buckets[card] = bucket(None if card is None else str(card)) % len(self._writers)  # type: ignore[index]
-        return part
+        return self._parts((row,))[0]
 
     def write(self, row: Row) -> None:
         self._writers[self._part(row) if len(self._writers) > 1 else 0].write(row)
@@ -610,9 +628,8 @@ class Writers:
             self._writers[0].write_many(rows)
             return
         parts: list[list[Row]] = [[] for _ in self._writers]
-        part = self._part
-        for row in rows:
-            parts[part(row)].append(row)
+        for row, part in zip(rows, self._parts(rows)):
+            parts[part].append(row)
         for w, rows_ in zip(self._writers, parts):
             if rows_:
                 w.write_many(rows_)

@@ -108,7 +108,7 @@ def bench(only: tuple[str, ...], loader_rows: int, ingest_rows: int, history_row
     plan = {
         "loader": lambda: loader_part(rows=loader_rows),
         "ivm": lambda: run_part("sentinel.bench_ivm", ["--rows", str(ingest_rows), "--history", str(history_rows),
-                                                      "--batch", str(max(100, min(5000, ingest_rows // 10)))],
+                                                      "--batch", str(max(100, min(10000, ingest_rows // 10)))],
                                 timeout=7200),
         "alerts": lambda: run_part("alerts.bench", ["--rate", str(alert_rate), "--seconds", str(alert_seconds),
                                                     "--warmup", str(min(5.0, alert_seconds / 3))], timeout=3600),

@@ -1,7 +1,7 @@
 """Benchmark of incremental maintenance: ingest through the loader with every model deployed vs a
 raw COPY, empty vs with history, and a full recomputation of the models vs the per-batch cost.
 
-    python -m sentinel.bench_ivm [--rows 200000] [--batch 5000] [--history 1000000] [--dsn DSN] [--profile]
+    python -m sentinel.bench_ivm [--rows 200000] [--batch 10000] [--writers 2] [--history 1000000] [--dsn DSN] [--profile]
 
 Starts a throw-away embedded engine (or uses --dsn, a superuser DSN), works in a scratch database,
 and prints figures; it asserts nothing. Rows come from the loader's generator and go through the
@@ -34,8 +34,9 @@ from sentinel.ivm.buckets import bucket
 
 
 def ingest(dsn: str, batches: Iterator[list], *, batch: int, writers: int) -> tuple[float, float]:
-    """Write generator batches through the loader's writers; (rows/s, mean ms per batch and writer)."""
-    summary = load(batches, Writers(dsn, count=writers, batch_rows=batch, batch_ms=60_000), batched=True)
+    """Write generator batches through the loader's writers as `sentinel load` does (a batch leaves at
+    `batch` rows or 200 ms); (rows/s, mean ms per batch and writer)."""
+    summary = load(batches, Writers(dsn, count=writers, batch_rows=batch), batched=True)
     return summary.rows_per_s, 1000 * summary.elapsed_s * writers / max(summary.batches, 1)
 
 
@@ -119,7 +120,8 @@ def latest_event(dsn: str):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m sentinel.bench_ivm", description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000, help="rows per timed ingest run")
-    ap.add_argument("--batch", type=int, default=5_000, help="rows per batch (loader batch size)")
+    ap.add_argument("--batch", type=int, default=10_000,
+                    help="rows per batch (as `sentinel load --batch-rows`; a batch also leaves after 200 ms)")
     ap.add_argument("--history", type=int, default=1_000_000, help="rows of history before the second run")
     ap.add_argument("--cards", type=int, default=100_000)
     ap.add_argument("--writers", type=int, default=2,

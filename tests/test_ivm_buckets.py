@@ -6,7 +6,7 @@ import random
 import psycopg
 import pytest
 
-from sentinel.ivm.buckets import BUCKETS, bucket, bucket_sql, hashtext
+from sentinel.ivm.buckets import BUCKETS, bucket, bucket_sql, buckets, hashtext
 
 # Around the 12-byte blocks of lookup3 (the tail switch: 0, 1..4, 5..8, 9..11 bytes left),
 # multibyte UTF-8 straddling block edges, and the generator's ids.
@@ -91,3 +91,11 @@ def test_bucket_matches_bucket_sql_on_the_server(conn) -> None:
 def test_buckets_cover_the_range_for_card_ids() -> None:
     buckets = {bucket(k) for k in _card_ids(2000, seed=14)}
     assert buckets == set(range(BUCKETS))
+
+
+def test_vectorised_buckets_equal_one_at_a_time() -> None:
+    """`buckets` (numpy, by byte length) gives what `bucket` gives, for every tail length."""
+    rng = random.Random(11)
+    keys = ["", "a", "é", "漢字"] + ["".join(rng.choices("abcxyz0123456789-é", k=n)) for n in range(40) for _ in range(5)]
+    keys += [f"c{s:03d}-{i:08d}" for s in (1, 3) for i in range(0, 500_000, 997)]
+    assert buckets(keys) == [bucket(k) for k in keys]

@@ -116,7 +116,8 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
         "installed_at = case when sentinel_ivm.models.fingerprint = excluded.fingerprint "
         "then sentinel_ivm.models.installed_at else now() end",
         (relation, model, p.shape, p.inputs, sorted(roots), p.columns, p.locator, sql, p.fingerprint))
-    _install_groups(cur, p.inputs)
+    if p.shape == "window" or (reg and reg["shape"] == "window"):
+        _install_groups(cur, sorted(set(p.inputs) | set(reg["inputs"] if reg else [])))
     # Dependents lost their triggers with the dropped table: rebuild them from their registered SQL.
     for dep in dependents:
         deploy_model(cur, model=dep["model"], relation=dep["relation"], sql=dep["sql"],
