@@ -246,23 +246,29 @@ def _install_triggers(cur: Any, p: Plan) -> None:
                 prelude = "\n    -- recompute shapes read old and new rows as one delta\n"
                 both = f"(select * from {P}old union all select * from {P}new)"
                 stmts = _map_steps(stmts, lambda s: s.replace(f"{P}oldnew", both))
-            # EXECUTE plans each statement for the current statistics and batch size: a plan cached
-            # while the tables were small would scan them whole forever after.
-            body = _plpgsql(stmts)
-            cur.execute(
-                f"create or replace function {fn}() returns trigger\n"
-                f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
-                f"declare {P}test boolean;\n"
-                f"begin{prelude}\n"
-                f"    if not exists (select from {check}) then return null; end if;\n"
-                f"    perform sentinel_ivm.{lock}();\n{body}\n    return null;\nend\n$ivm$")
-            cur.execute(f"revoke all on function {fn}() from public")
-            refs = {"insert": f"new table as {P}new", "delete": f"old table as {P}old",
-                    "update": f"old table as {P}old new table as {P}new"}[event]
-            tg = _trigger_name(p.relation, event)
-            cur.execute(f"drop trigger if exists {_qi(tg)} on {_q(source)}")
-            cur.execute(f"create trigger {_qi(tg)} after {event} on {_q(source)} referencing {refs} "
-                        f"for each statement execute function {fn}()")
+            _statement_trigger(cur, source, event, _trigger_name(p.relation, event), fn, stmts,
+                               check=check, lock=lock, prelude=prelude)
+
+
+def _statement_trigger(cur: Any, rel: str, event: str, name: str, fn: str, steps: list[Step], *, check: str,
+                       lock: str, prelude: str = "") -> None:
+    """(Re)create trigger `name`: after `event` on `rel`, for each statement, `fn` runs `steps` (under
+    sentinel_ivm.<lock>(), as the function's owner) when its transition table `check` has rows."""
+    # EXECUTE plans each statement for the current statistics and batch size: a plan cached
+    # while the tables were small would scan them whole forever after.
+    cur.execute(
+        f"create or replace function {fn}() returns trigger\n"
+        f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
+        f"declare {P}test boolean;\n"
+        f"begin{prelude}\n"
+        f"    if not exists (select from {check}) then return null; end if;\n"
+        f"    perform sentinel_ivm.{lock}();\n{_plpgsql(steps)}\n    return null;\nend\n$ivm$")
+    cur.execute(f"revoke all on function {fn}() from public")
+    refs = {"insert": f"new table as {P}new", "delete": f"old table as {P}old",
+            "update": f"old table as {P}old new table as {P}new"}[event]
+    cur.execute(f"drop trigger if exists {_qi(name)} on {_q(rel)}")
+    cur.execute(f"create trigger {_qi(name)} after {event} on {_q(rel)} referencing {refs} "
+                f"for each statement execute function {fn}()")
 
 
 def _map_steps(steps: list[Step], fn) -> list[Step]:
@@ -352,19 +358,8 @@ def _install_groups(cur: Any, inputs: list[str]) -> None:
                 cur.execute(f"alter table {_q(g.wm)} add primary key (bucket)")
             for event, steps in (("i", g.statements()), ("u", [g.watermark_update()])):
                 fn = f"sentinel_ivm.{_qi(f'g_{rel.split(chr(46))[-1][:32]}_{tag}_{event}')}"
-                check = f"{P}new"
-                cur.execute(
-                    f"create or replace function {fn}() returns trigger\n"
-                    f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
-                    f"declare {P}test boolean;\n"
-                    f"begin\n    if not exists (select from {check}) then return null; end if;\n"
-                    f"    perform sentinel_ivm.lock();\n{_plpgsql(steps)}\n    return null;\nend\n$ivm$")
-                cur.execute(f"revoke all on function {fn}() from public")
-                refs = f"new table as {P}new" if event == "i" else f"old table as {P}old new table as {P}new"
-                tg = f"ivm_group_{tag}_{event}"
-                cur.execute(f"drop trigger if exists {_qi(tg)} on {_q(rel)}")
-                cur.execute(f"create trigger {_qi(tg)} after {'insert' if event == 'i' else 'update'} on {_q(rel)} "
-                            f"referencing {refs} for each statement execute function {fn}()")
+                _statement_trigger(cur, rel, "insert" if event == "i" else "update", f"ivm_group_{tag}_{event}",
+                                   fn, steps, check=f"{P}new", lock="lock")
         for tg in sorted(present - keep):
             cur.execute(f"select p.oid::regprocedure::text from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
                         f"where t.tgrelid = %s::regclass and t.tgname = %s", (_q(rel), tg))
