@@ -21,13 +21,16 @@ that work. One trigger per input runs one statement for the whole batch:
 Keys that are not in order go to each member's general path (`planner._WindowSql.general`).
 A member is a window model with one window select over one input, reached from the input
 through row-wise selects (projections and filters), whose partition and order columns are input
-columns, with a bounded lookback (`rows N preceding`, `lag`, `range '<interval>' preceding`).
+columns: with a bounded lookback (`rows N preceding`, `lag`, `range '<interval>' preceding`), the
+shared rows usually suffice; with an unbounded one (`row_number()`), only when they are the key's
+whole past, else the key's past is read for it (still no model read or diff).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 
+import sqlglot
 from sqlglot import exp
 
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
@@ -47,6 +50,7 @@ class Member:
     rows: int  # row-count lookback (0: none)
     interval: str | None  # interval lookback
     needed: set[str]  # input columns the window reads from earlier rows
+    unbounded: bool = False  # the window reads the key's whole past (`row_number()`, unbounded frames)
     first_row: bool = False  # a first-row-per-key model (see `Group._first_rows`)
     subkeys: list[str] = field(default_factory=list)  # first row per key: the partition's other input columns
 
@@ -61,7 +65,7 @@ def member(p: Plan, rel: str) -> Member | None:
         return None
     top1 = bool(info.get("top1"))
     lb = info["lookbacks"][0]
-    if (lb.unbounded and not top1) or (len(info["keys"]) != 1 and not top1):
+    if len(info["keys"]) != 1 and not top1:
         return None
     tree = p._tree
     ctes = {c.alias: c.this for c in (tree.args["with_"].expressions if tree.args.get("with_") else [])}
@@ -107,12 +111,11 @@ def member(p: Plan, rel: str) -> Member | None:
                 needed |= {x.name for x in sub.find_all(exp.Column)}
     pushed = None
     if info.get("pushed"):
-        import sqlglot
-
         sub = _substitute(sqlglot.parse_one(info["pushed"], read=DIALECT), mapping)
         pushed = sub.sql(DIALECT) if sub is not None else None
     return Member(plan=p, key=key, order=order, filters=[f.sql(DIALECT) for f in filters], pushed=pushed,
-                  rows=lb.rows, interval=lb.interval, needed=needed)
+                  rows=0 if lb.unbounded else lb.rows, interval=None if lb.unbounded else lb.interval,
+                  unbounded=lb.unbounded, needed=needed)
 
 
 def watermark_name(rel: str, key: str, order: str) -> str:
@@ -179,7 +182,8 @@ class Group:
                 ok.append(f"{P}gk.{P}h{i} as {P}s{i}, {P}gk.{P}h{i} as {P}a{i}, null::{dict(self.columns)[self.order]} as {P}lo{i}")
                 continue
             # The shared rows suffice when they are the key's whole past (fewer than it asked for),
-            # or hold the member's rows-th row passing its filter and reach back past its interval.
+            # or hold the member's rows-th row passing its filter and reach back past its interval
+            # (for an unbounded member, only the whole past does).
             enough = []
             if m.rows:
                 enough.append(f"coalesce({P}ws.{P}f{i}, 0) >= {m.rows}")
@@ -187,7 +191,7 @@ class Group:
                 enough.append(f"{P}ws.{P}tmin <= {P}gk.{P}t0 - {m.interval}")
             suff = f"coalesce({P}ws.{P}n, 0) < {P}gk.{P}r" + (f" or ({' and '.join(enough)})" if enough else "")
             # an interval-only member reads the shared rows from t0 - interval on (else all of them)
-            lo = f"null::{dict(self.columns)[self.order]}" if m.rows else f"{P}gk.{P}t0 - {m.interval}"
+            lo = f"{P}gk.{P}t0 - {m.interval}" if m.interval and not m.rows else f"null::{dict(self.columns)[self.order]}"
             ok.append(f"{P}gk.{P}h{i} and ({suff}) as {P}s{i}, {P}gk.{P}h{i} as {P}a{i}, {lo} as {P}lo{i}")
         uses_w = ", ".join(f"{P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}) as {P}u{i}"
                            for i, _ in ms)
@@ -221,6 +225,8 @@ class Group:
         k, t = _qi(self.key), _qi(self.order)
         f = "".join(f" and ({x})" for x in m.filters)
         base = f"select {P}x.* from {_q(self.rel)} as {P}x where {P}x.{k} = {P}o.{P}k0 and {P}x.{t} < {P}o.{P}t0"
+        if m.unbounded:
+            return f"{base}{f} offset 0"
         if m.rows and not m.interval:
             return f"{base}{f} order by {P}x.{t} desc fetch first {m.rows} rows with ties"
         bounds = [f"{P}o.{P}t0 - {m.interval}"] if m.interval else []
@@ -319,8 +325,6 @@ class Group:
 
 def _qualify(filters: list[str], alias: str) -> list[str]:
     """Filters over the input's columns, their columns qualified with `alias`."""
-    import sqlglot
-
     out = []
     for f in filters:
         e = sqlglot.parse_one(f, read=DIALECT)

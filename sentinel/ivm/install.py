@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentinel.ivm import group
-from sentinel.ivm.planner import (Branch, IvmUnsupported, P, Plan, Step, _cols, _q, _qi, _WindowSql, multiset_diff,
-                                  plan, watermark_name)
+from sentinel.ivm.planner import Branch, IvmUnsupported, P, Plan, Step, _cols, _q, _qi, multiset_diff, plan
 
 EVENTS = {"insert": "i", "delete": "d", "update": "u"}
 # An aggregate's rows are updated in place on every batch: room on each page keeps the updates
@@ -53,13 +52,13 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
             raise IvmUnsupported(model, f"its input {rel} is a view, not a table",
                                  "make the input model ephemeral or materialized_view")
     roots = _roots(cur, p.inputs)
-    for group in p.joined:
-        shared = [set(_roots(cur, [g])) for g in group]
+    for joined in p.joined:
+        shared = [set(_roots(cur, [g])) for g in joined]
         for i in range(len(shared)):
             for j in range(i + 1, len(shared)):
                 if shared[i] & shared[j]:
                     raise IvmUnsupported(
-                        model, f"a join of {group[i]} and {group[j]}, which change in the same statement "
+                        model, f"a join of {joined[i]} and {joined[j]}, which change in the same statement "
                         f"(both derive from {', '.join(sorted(shared[i] & shared[j]))})",
                         "carry the columns through the upstream model instead of joining back")
     # Hold writers: upstream sources first (sorted, one order for everyone), then the global lock.
@@ -105,7 +104,6 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
     if p.shape == "aggregate" and result.action == "diffed":
         cur.execute(f"alter table {_q(relation)} set (fillfactor = {AGGREGATE_FILLFACTOR})")
     _ensure_indexes(cur, p)
-    _install_watermark(cur, p)
     _install_triggers(cur, p)
     cur.execute(
         "insert into sentinel_ivm.models (relation, model, shape, inputs, roots, columns, locator, sql, fingerprint) "
@@ -207,18 +205,6 @@ def _in_group(p: Plan) -> bool:
     return len(p.inputs) == 1 and group.member(p, p.inputs[0]) is not None
 
 
-def _install_watermark(cur: Any, p: Plan) -> None:
-    """A window model's watermarks, computed from its current input (writers are held)."""
-    cur.execute(f"drop table if exists {_q(watermark_name(p.relation))}")
-    if _in_group(p):
-        p.watermark = None  # its group keeps the watermarks
-    if p.watermark is None:
-        return
-    init = _WindowSql(p, p.inputs[0], f"{P}new").watermark_init()
-    cur.execute(f"create table {_q(p.watermark)} as {init}")
-    cur.execute(f"alter table {_q(p.watermark)} add primary key (bucket)")
-
-
 def _func_name(relation: str, source: str, event: str) -> str:
     h = hashlib.sha1(f"{relation}|{source}".encode()).hexdigest()[:10]
     name = relation.split(".")[-1][:32]
@@ -310,7 +296,6 @@ def _dollar(text: str) -> str:
 
 
 def _drop_triggers(cur: Any, relation: str, inputs: list[str]) -> None:
-    cur.execute(f"drop table if exists {_q(watermark_name(relation))}")
     for source in inputs:
         if _relkind(cur, source) is None:
             continue
@@ -361,8 +346,8 @@ def _install_groups(cur: Any, inputs: list[str]) -> None:
                 _statement_trigger(cur, rel, "insert" if event == "i" else "update", f"ivm_group_{tag}_{event}",
                                    fn, steps, check=f"{P}new", lock="lock")
         for tg in sorted(present - keep):
-            cur.execute(f"select p.oid::regprocedure::text from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
-                        f"where t.tgrelid = %s::regclass and t.tgname = %s", (_q(rel), tg))
+            cur.execute("select p.oid::regprocedure::text from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
+                        "where t.tgrelid = %s::regclass and t.tgname = %s", (_q(rel), tg))
             fn = cur.fetchone()[0]
             cur.execute(f"drop trigger {_qi(tg)} on {_q(rel)}")
             cur.execute(f"drop function if exists {fn}")

@@ -78,7 +78,6 @@ class Plan:
     group_keys: list[str] = field(default_factory=list)  # aggregate: unique key of the table
     columns: list[str] = field(default_factory=list)  # output columns (set by the deployer)
     fingerprint: str = ""
-    watermark: str | None = None  # window models: schema.table of the per-bucket watermarks
     _tree: exp.Expression | None = None
     _info: dict = field(default_factory=dict)
 
@@ -112,18 +111,10 @@ class Plan:
 
     # ----- window -------------------------------------------------------------------------
     def _window_recompute(self, relation: str, delta: str) -> list[Step]:
-        """Appends take the fast path where they can (see `_WindowSql`); everything else, and the
-        keys the fast path cannot take, recompute each affected key from its t0 and apply the diff."""
+        """Recompute each affected key from its t0 and apply the diff. (Appends to a model that is
+        a member of its input's window group take the group's fast path instead: `group.py`.)"""
         w = _WindowSql(self, relation, delta)
-        steps: list[Step] = [w.lock_keys()]
-        if delta != f"{P}new":
-            steps += w.general()
-            return steps + [w.watermark_update()] if w.watermark and delta == f"{P}oldnew" else steps
-        if w.top1:
-            return steps + [Branch(w.top1_fast(), w.general(slow=True))]
-        if w.watermark:
-            return steps + [Branch(w.window_fast(), w.general(slow=True)), w.watermark_update()]
-        return steps + w.general()
+        return [w.lock_keys(), *w.general()]
 
     # ----- aggregate ----------------------------------------------------------------------
     def _aggregate_merge(self, relation: str, delta: str) -> str:
@@ -164,22 +155,10 @@ class Plan:
 
 
 class _WindowSql:
-    """The SQL that keeps a per-key window model current, for one input relation and delta.
-
-    Appends (`__ivm_new`) take a fast path where they can. A key whose new rows all come after
-    every row its window input already had ("in order") changes no output row it had: the new
-    outputs are those of the new rows, computed from the new rows and the key's lookback, and are
-    simply inserted. "In order" is known without reading the model: per bucket of keys the model
-    keeps a watermark, the highest order value its window input has had (`sentinel_ivm.wm_*`),
-    and a key whose t0 is above its bucket's watermark is in order. The lookback is read from
-    the input below t0 only (the new rows come from the transition table), bounded as the frames
-    need (`fetch first N rows with ties` for row counts). A conjunct of the model's last filters
-    that reads only columns passed through from the window's input row (`amount >= 200`)
-    decides, on the new rows alone, which keys can get an output at all; the others are skipped.
-    First-row-per-key models (`top1`) compare the model's own row with t0 instead.
-
-    Keys that are not in order take the general path: the key's inputs from its lower bound, the
-    model recomputed from t0, and the multiset difference with the model's rows there.
+    """The SQL that keeps a per-key window model current, for one input relation and delta: the
+    affected keys with their t0 (first new order value), each key's inputs read from its lower
+    bound, the model recomputed from t0, and the multiset difference with the model's rows there.
+    A null key is a partition of its own: keys are matched null-safely.
     """
 
     def __init__(self, p: Plan, relation: str, delta: str) -> None:
@@ -188,7 +167,6 @@ class _WindowSql:
         self.relation = relation
         self.delta = delta
         self.top1 = info["top1"] if delta == f"{P}new" else None
-        self.watermark = p.watermark
         tree: exp.Select = p._tree.copy()
         ctes = _pop_ctes(tree)
         self.reach = _reaching(ctes, relation)
@@ -214,15 +192,10 @@ class _WindowSql:
         self.d_src = _as_alias(d_src.this.args["from_"].this, self.alias).sql(DIALECT)
         self.o_src = _as_alias(src.copy(), self.alias).sql(DIALECT)
         self.kcols = [f"{P}k{i}" for i in range(len(self.keys))]
-        self.key_match = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(self.keys, self.kcols))
-        # The general path also takes keys with a null (a partition of its own, which `=` misses);
-        # the fast paths leave them to it.
-        self.key_match_ns = " and ".join(_eq(k, f"{P}kk.{c}") for k, c in zip(self.keys, self.kcols))
-        self.null_key = " or ".join(f"{P}s.{c} is null" for c in self.kcols)
+        self.key_match = " and ".join(_eq(k, f"{P}kk.{c}") for k, c in zip(self.keys, self.kcols))
         self.out_keys = info["out_keys"]
         self.out_t = info["out_order"]
         self.lbs: list[Lookback] = info["lookbacks"]
-        self.pushed = info.get("pushed")  # a filter on the new rows that every output row passes
         # Session temp tables (one set per model and column layout): the affected keys, the
         # recomputed rows from each key's t0 on, and the model's current rows there.
         tag = hashlib.sha256("\x00".join([p.fingerprint, *p.columns]).encode()).hexdigest()[:16]
@@ -254,7 +227,7 @@ class _WindowSql:
                 cte.set("materialized", False)
         return self._with(head + [c.sql(DIALECT) for c in ctes]), tree.sql(DIALECT)
 
-    def _since(self, base: str, match: str | None = None) -> str:
+    def _since(self, base: str) -> str:
         """The lower bound of the inputs a key's recomputation from `base` reads ('' = all)."""
         lbs = self.lbs
         if any(x.unbounded for x in lbs):
@@ -271,19 +244,16 @@ class _WindowSql:
             # (fewer rows: the key's first; none: null, which least() ignores)
             extra = f" and ({self.where})" if self.where else ""
             bounds.append(
-                f"(select min({P}p.{P}t) from (select {self.t} as {P}t from {self.o_src} where {match or self.key_match}{extra} "
+                f"(select min({P}p.{P}t) from (select {self.t} as {P}t from {self.o_src} where {self.key_match}{extra} "
                 f"and {self.t} < ({base}) order by {self.t} desc limit {inner.rows}) as {P}p)")
         return f" and {self.t} >= least({', '.join(bounds)})"
 
-    def _since_t0(self, alias: str, keys: str, *, null_safe: str = "") -> str:
-        """The rows of `alias` at or after their key's t0 in `keys`; null keys match with
-        `null_safe` 'index' (a form an index serves) or 'hash' (a form a hash join serves)."""
-        eq = {"": lambda a, b: f"{a} = {b}", "index": _eq, "hash": _eq_hash}[null_safe]
+    def _since_t0(self, alias: str, keys: str, *, form: str) -> str:
+        """The rows of `alias` at or after their key's t0 in `keys`, null keys matching, in the
+        `form` an index ('index') or a hash join ('hash') serves."""
+        eq = {"index": _eq, "hash": _eq_hash}[form]
         return " and ".join([eq(f"{alias}.{_qi(c)}", f"{keys}.{k}") for c, k in zip(self.out_keys, self.kcols)]
                             + [f"{alias}.{_qi(self.out_t)} >= {keys}.{P}t0"])
-
-    def _bucket(self, expr: str) -> str:
-        return bucket_sql(expr)
 
     def lock_keys(self) -> str:
         """Lock the buckets of the delta's keys, in bucket order, before anything reads them: a
@@ -291,99 +261,15 @@ class _WindowSql:
         statement here sees every earlier commit of these keys (READ COMMITTED)."""
         wh = f" where {self.where}" if self.where else ""
         return (f"{self._with(self._delta_ctes())}select pg_advisory_xact_lock({LOCK_CLASS}, {P}b.b) "
-                f"from (select distinct {self._bucket(self.keys[0])} as b from {self.d_src}{wh} order by 1) as {P}b")
-
-    # --- the fast path for appends ---
-    def _fast_keys(self) -> list[str]:
-        """CTEs of the delta's keys, each marked in order (`__ivm_fast`) and, with a pushed filter,
-        whether any of its new rows passes it (`__ivm_hit`)."""
-        hit = f", coalesce(bool_or({self.pushed}), false) as {P}hit" if self.pushed else f", true as {P}hit"
-        wm = _q(self.watermark)
-        return self._delta_ctes() + [
-            f"{P}q as materialized ({self._keys_select(hit)})",
-            f"{P}kf as materialized (select {P}q.*, ({P}q.{P}t0 <= {P}w.high) is not true "
-            f"{''.join(f'and {P}q.{c} is not null ' for c in self.kcols)}as {P}fast "
-            f"from {P}q left join {wm} as {P}w on {P}w.bucket = {self._bucket(P + 'q.' + self.kcols[0])})",
-        ]
-
-    def window_fast(self) -> str:
-        """Insert the outputs of in-order keys' new rows; select whether any key is not in order."""
-        take = f"{P}kk.{P}fast and {P}kk.{P}hit"
-        inner = self.lbs[0]
-        if len(self.lbs) == 1 and inner.rows and not inner.interval and not inner.unbounded:
-            # the last `rows` rows before t0 (ties at the boundary included): one backward scan
-            extra = f" and ({self.where})" if self.where else ""
-            old = (f"select * from {self.o_src} where {self.key_match} and {self.t} < {P}kk.{P}t0{extra} "
-                   f"order by {self.t} desc fetch first {inner.rows} rows with ties")
-        else:
-            old = (f"select * from {self.o_src} where {self.key_match} and {self.t} < {P}kk.{P}t0"
-                   f"{self._since(P + 'kk.' + P + 't0')} offset 0")
-        restricted = (
-            f"select {_qi(self.alias)}.* from (select * from {P}kf as {P}kk where {take} "
-            f"order by {', '.join(self.kcols)}) as {P}kk cross join lateral ({old}) as {_qi(self.alias)} "
-            f"union all "
-            f"select {_qi(self.alias)}.* from {self.d_src} "
-            f"where exists (select from {P}kf as {P}kk where {take} and {self.key_match})")
-        prefix, final = self._model_over(restricted, self._fast_keys())
-        cols = self.p.columns
-        return (f"{prefix[:-1]},\n{P}ins as (insert into {_q(self.p.relation)} ({_cols(cols)}) "
-                f"select {_cols(cols, P + 'f')} from ({final}) as {P}f "
-                f"where exists (select from {P}kf as {P}kk where {take} and {self._since_t0(P + 'f', P + 'kk')}) "
-                f"returning 1)\n"
-                f"select exists (select from {P}kf where not {P}fast)")
-
-    def top1_fast(self) -> str:
-        """First row per key: a key without a model row gets its first new row; a key whose model
-        row comes before t0 keeps it. Selects whether a key's model row is at or after t0."""
-        current = " and ".join(f"{P}m.{_qi(c)} = {P}q.{k}" for c, k in zip(self.out_keys, self.kcols))
-        head = self._delta_ctes() + [
-            f"{P}q as materialized ({self._keys_select()})",
-            f"{P}kf as materialized (select {P}q.*, {P}c.{P}mt from {P}q left join lateral "
-            f"(select {P}m.{_qi(self.out_t)} as {P}mt from {_q(self.p.relation)} as {P}m where {current} "
-            f"order by {P}m.{_qi(self.out_t)} limit 1) as {P}c on true)",
-        ]
-        restricted = (f"select {_qi(self.alias)}.* from {self.d_src} where exists "
-                      f"(select from {P}kf as {P}kk where {P}kk.{P}mt is null and {self.key_match})")
-        null_key = " or ".join(f"{c} is null" for c in self.kcols)
-        prefix, final = self._model_over(restricted, head)
-        cols = self.p.columns
-        return (f"{prefix[:-1]},\n{P}ins as (insert into {_q(self.p.relation)} ({_cols(cols)}) "
-                f"select {_cols(cols, P + 'f')} from ({final}) as {P}f returning 1)\n"
-                f"select exists (select from {P}kf where {P}mt >= {P}t0 or {null_key})")
-
-    def watermark_update(self) -> str:
-        """Raise each touched bucket's watermark to the highest order value of its new rows."""
-        wm = _q(self.watermark)
-        wh = f" where {self.where}" if self.where else ""
-        return (f"{self._with(self._delta_ctes())}insert into {wm} (bucket, high) "
-                f"select {self._bucket(self.keys[0])}, max({self.t}) from {self.d_src}{wh} group by 1 "
-                f"on conflict (bucket) do update set high = greatest({wm}.high, excluded.high)")
-
-    def watermark_init(self) -> str:
-        """The watermarks of the model's current window input (run when the model is installed)."""
-        tree: exp.Select = self.p._tree.copy()
-        ctes = _pop_ctes(tree)
-        names = [c.alias for c in ctes]
-        cut = names.index(self.scope_path) if self.scope_path else len(ctes)
-        wh = f" where {self.where}" if self.where else ""
-        return (f"{self._with([c.sql(DIALECT) for c in ctes[:cut]])}select {self._bucket(self.keys[0])} as bucket, "
-                f"max({self.t}) as high from {self.o_src}{wh} group by 1")
+                f"from (select distinct {bucket_sql(self.keys[0])} as b from {self.d_src}{wh} order by 1) as {P}b")
 
     # --- the general path ---
-    def general(self, *, slow: bool = False, slow_sql: str | None = None) -> list[Step]:
-        """Recompute each affected key from its t0 and apply the difference. With `slow`, only the
-        keys the fast path left: not in order (window) or with a model row at or after t0 (top1);
-        with `slow_sql`, the keys (columns `__ivm_s.__ivm_k<i>`, `__ivm_s.__ivm_t0`) it selects."""
+    def general(self, *, slow_sql: str | None = None) -> list[Step]:
+        """Recompute each affected key from its t0 and apply the difference; with `slow_sql`, only
+        the keys (columns `__ivm_s.__ivm_k<i>`, `__ivm_s.__ivm_t0`) it selects."""
         keys_query = self._with(self._delta_ctes()) + self._keys_select()
         if slow_sql:
             keys_query = f"select * from ({keys_query}) as {P}s where {slow_sql}"
-        elif slow and self.top1:
-            current = " and ".join(f"{P}m.{_qi(c)} = {P}s.{k}" for c, k in zip(self.out_keys, self.kcols))
-            keys_query = (f"select * from ({keys_query}) as {P}s where {self.null_key} or exists (select from "
-                          f"{_q(self.p.relation)} as {P}m where {current} and {P}m.{_qi(self.out_t)} >= {P}s.{P}t0)")
-        elif slow:
-            keys_query = (f"select * from ({keys_query}) as {P}s where {self.null_key} or {P}s.{P}t0 <= (select {P}w.high from "
-                          f"{_q(self.watermark)} as {P}w where {P}w.bucket = {self._bucket(P + 's.' + self.kcols[0])})")
         k_tab, f_tab, o_tab = self.k_tab, self.f_tab, self.o_tab
         top1 = self.top1
         if top1:
@@ -403,8 +289,8 @@ class _WindowSql:
             # sort) instead of sorting all of them.
             restricted = (
                 f"select {_qi(self.alias)}.* from (select * from {k_tab} order by {', '.join(self.kcols)}) as {P}kk "
-                f"cross join lateral (select * from {self.o_src} where {self.key_match_ns}"
-                f"{self._since(P + 'kk.' + P + 't0', self.key_match_ns)} offset 0) as {_qi(self.alias)} "
+                f"cross join lateral (select * from {self.o_src} where {self.key_match}"
+                f"{self._since(P + 'kk.' + P + 't0')} offset 0) as {_qi(self.alias)} "
                 f"where " + " and ".join(_eq(f"{_qi(self.alias)}.{k}", f"{P}kk.{c}") for k, c in zip(self.keys, self.kcols)))
             head = []
         prefix, final = self._model_over(restricted, head)
@@ -412,10 +298,10 @@ class _WindowSql:
         rel = _q(self.p.relation)
         # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change)
         fill = (f"{prefix}insert into {f_tab} select {P}f.* from ({final}) as {P}f "
-                f"where exists (select from {k_tab} as {P}kk where {self._since_t0(P + 'f', P + 'kk', null_safe='hash')})")
+                f"where exists (select from {k_tab} as {P}kk where {self._since_t0(P + 'f', P + 'kk', form='hash')})")
         old = (f"insert into {o_tab} select {P}x.* from {k_tab} as {P}kk cross join lateral "
                f"(select {P}f.ctid, {P}f.* from {rel} as {P}f where "
-               f"{self._since_t0(P + 'f', P + 'kk', null_safe='index')} offset 0) as {P}x")
+               f"{self._since_t0(P + 'f', P + 'kk', form='index')} offset 0) as {P}x")
         # Two statements, delete then insert: downstream triggers see each kind separately.
         delete, insert = multiset_diff(self.p.relation, cols, f"table {o_tab}", f"table {f_tab}")
         return [
@@ -596,14 +482,6 @@ def _plan_window(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> None:
                    top1=_first_row_columns(tree, ctes, scope_names, windows, out))
     if len(scope_names) == 1:
         p._info["pushed"] = _pushed_filter(tree, ctes, scope_names[0])
-    if not p._info["top1"]:
-        p.watermark = watermark_name(p.relation)
-
-
-def watermark_name(relation: str) -> str:
-    """The table of a window model's per-bucket watermarks."""
-    h = hashlib.sha1(relation.encode()).hexdigest()[:10]
-    return f"sentinel_ivm.wm_{relation.split('.')[-1][:40]}_{h}"
 
 
 def _conjuncts(e: exp.Expression | None) -> list[exp.Expression]:
