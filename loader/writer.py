@@ -182,6 +182,11 @@ _PARSE: dict[int, Callable[[str], object]] = {
 }
 
 
+def _unescape(text: str) -> str:
+    """A COPY text field (not \\N) as the text it stands for."""
+    return _ESCAPED.sub(lambda m: _UNESCAPES.get(m[1], m[1]), text)
+
+
 def row_from_line(line: str) -> tuple:
     """The row tuple of a COPY text line that `format_copy_text` made (its inverse)."""
     values: list[object] = line.split("\t")
@@ -190,7 +195,7 @@ def row_from_line(line: str) -> tuple:
             values[k] = None
             continue
         if "\\" in text:
-            text = _ESCAPED.sub(lambda m: _UNESCAPES.get(m[1], m[1]), text)
+            text = _unescape(text)
         parse = _PARSE.get(k)
         values[k] = parse(text) if parse is not None else text
     return tuple(values)
@@ -539,13 +544,6 @@ class Writer:
 CARD = INDEX["card_id"]
 
 
-def _unescaped(text: str) -> str | None:
-    """A COPY text field's value (a card's bucket is that of its value, as its tuple's would be)."""
-    if "\\" not in text:
-        return text
-    return None if text == "\\N" else _ESCAPED.sub(lambda m: _UNESCAPES.get(m[1], m[1]), text)
-
-
 class Writers:
     """Rows shared out over several `Writer`s by their card's key bucket (`sentinel.ivm.buckets`).
 
@@ -598,10 +596,10 @@ class Writers:
     def _parts(self, rows: Sequence[Row]) -> list[int]:
         """Each row's writer: its card's bucket modulo the writers (cards seen before: cached;
         the others in one vectorised hash)."""
-        cards = [row.split("\t", 2)[1] if row.__class__ is str else row[CARD] for row in rows]
-        for i, row in enumerate(rows):  # a line's field is escaped text: the cache holds values
-            if row.__class__ is str and "\\" in cards[i]:
-                cards[i] = _unescaped(cards[i])
+        # a line's card field is escaped text (rarely with a backslash): the cache holds values
+        cards = [(f if "\\" not in (f := row.split("\t", 2)[1]) else None if f == "\\N" else _unescape(f))
+                 if row.__class__ is str
+                 else row[CARD] for row in rows]
         known = self._buckets
         try:
             return [known[c] for c in cards]

@@ -30,7 +30,7 @@ from loader.schema import COLUMNS
 from loader.writer import Writers, format_copy_text
 from sentinel.console import console, out
 from sentinel.deploy import run_dbt
-from sentinel.ivm.buckets import bucket
+from sentinel.ivm.buckets import buckets
 
 
 def ingest(dsn: str, batches: Iterator[list], *, batch: int, writers: int) -> tuple[float, float]:
@@ -44,8 +44,8 @@ def parallel_baseline(dsn: str, rows: list[tuple], connections: int) -> float:
     """Rows/s of raw COPYs into the identical table (no models), the rows shared out by card bucket
     over `connections` connections sending at once, each its own pre-formatted COPY."""
     parts: list[list[tuple]] = [[] for _ in range(connections)]
-    for row in rows:
-        parts[bucket(row[1]) % connections].append(row)
+    for row, b in zip(rows, buckets([row[1] for row in rows])):
+        parts[b % connections].append(row)
     data = [format_copy_text(p) for p in parts]
     conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
     errors: list[BaseException] = []
@@ -181,7 +181,7 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # so each card's windows and first uses meet its own past, as in production.
             console.print(f"loading {args.history:,} rows of history ...")
             rows = stream(3, args.history + args.rows, args.cards, after=latest_event(dsn))
-            ingest(dsn, head(rows, args.history), batch=args.batch * 10, writers=args.writers)
+            ingest(dsn, head(rows, args.history), batch=args.batch, writers=args.writers)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
             with profiling(dsn, args.profile) as profile:
