@@ -38,7 +38,10 @@ SERVER_SETTINGS = {
     "maintenance_work_mem": "512MB",
     # WAL: continuous inserts; fewer, spread checkpoints keep full-page writes and I/O spikes down.
     # Durability stays on (synchronous_commit, fsync): an acknowledged batch is never lost.
-    "wal_compression": "pglz",
+    # No WAL compression: this build has only pglz, and compressing the full-page images that
+    # follow each checkpoint costs the CPU that maintenance needs (measured at 3M rows right after
+    # a checkpoint: 26.6k rows/s with pglz, 36.1k without, the same as between checkpoints).
+    "wal_compression": "off",
     "max_wal_size": "8GB",
     "min_wal_size": "1GB",
     "checkpoint_timeout": "15min",
