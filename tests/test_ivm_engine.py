@@ -227,3 +227,16 @@ def test_null_partition_keys_are_maintained(nullable, stream, data):
             conn.commit()
             assert maintained.mismatches(conn, models) == {}
             i += size
+
+
+def test_redeploy_drops_the_per_model_watermarks_of_earlier_builds(deployed):
+    """Builds before plan version 13 kept a watermark table per window model; a model redeployed
+    by this build (its fingerprint changed with the plan version) leaves none behind."""
+    from sentinel.ivm.install import _legacy_watermark
+
+    name, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == "third_big")
+    legacy = _legacy_watermark(rel)
+    with psycopg.connect(deployed.dsn) as conn:
+        conn.execute(f"create table {legacy} (bucket int primary key, high timestamptz)")
+        deploy_model(conn.cursor(), model=name, relation=rel, sql=sql, unique_key=key, force=True)
+        assert conn.execute("select to_regclass(%s)", (legacy,)).fetchone()[0] is None

@@ -295,7 +295,15 @@ def _dollar(text: str) -> str:
     return f"{tag}{text}{tag}"
 
 
+def _legacy_watermark(relation: str) -> str:
+    """The per-model watermark table that builds before plan version 13 kept for a window model
+    (now a group keeps its members' watermarks, and other window models have none)."""
+    h = hashlib.sha1(relation.encode()).hexdigest()[:10]
+    return f"sentinel_ivm.wm_{relation.split('.')[-1][:40]}_{h}"
+
+
 def _drop_triggers(cur: Any, relation: str, inputs: list[str]) -> None:
+    cur.execute(f"drop table if exists {_q(_legacy_watermark(relation))}")
     for source in inputs:
         if _relkind(cur, source) is None:
             continue

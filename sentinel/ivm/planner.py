@@ -18,7 +18,7 @@ from sqlglot import exp
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 
 DIALECT = "postgres"
-PLAN_VERSION = "12"
+PLAN_VERSION = "13"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -208,11 +208,11 @@ class _WindowSql:
     def _delta_ctes(self) -> list[str]:
         return [c.sql(DIALECT) for c in self.deltas]
 
-    def _keys_select(self, extra_cols: str = "") -> str:
+    def _keys_select(self) -> str:
         """Affected keys of the delta with their t0 (the lowest order value of their new rows)."""
         sel = ", ".join(f"{k} as {c}" for k, c in zip(self.keys, self.kcols))
         wh = f" where {self.where}" if self.where else ""
-        return (f"select {sel}, min({self.t}) as {P}t0{extra_cols} from {self.d_src}{wh} "
+        return (f"select {sel}, min({self.t}) as {P}t0 from {self.d_src}{wh} "
                 f"group by {', '.join(str(i + 1) for i in range(len(self.kcols)))}")
 
     def _model_over(self, restricted: str, head: list[str]) -> tuple[str, str]:
