@@ -105,3 +105,23 @@ def test_apply_is_idempotent_and_keeps_data(db):
     schema.apply(db.dsn)
     with psycopg.connect(db.dsn) as conn:
         assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == 1
+
+
+def test_per_card_index_covers_the_window_reads_and_an_earlier_one_is_rebuilt(db):
+    """The per-card index carries the columns the rules' windows read (their reads of a card's last
+    rows are index-only scans); applying sql/ over an earlier build's index without them rebuilds it."""
+    definition = ("select pg_get_indexdef('fraud.transactions_card_time_idx'::regclass)")
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        assert "INCLUDE (amount, country, lat, lon, device_id)" in conn.execute(definition).fetchone()[0]
+        conn.execute("drop index fraud.transactions_card_time_idx")
+        conn.execute("create index transactions_card_time_idx on fraud.transactions (card_id, event_time, txn_id)")
+    insert(db.dsn)
+    schema.apply(db.dsn)
+    with psycopg.connect(db.dsn) as conn:
+        assert "INCLUDE (amount, country, lat, lon, device_id)" in conn.execute(definition).fetchone()[0]
+        assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == 1
+        conn.execute("set enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "explain select txn_id, amount, country, lat, lon, device_id, event_time from fraud.transactions "
+            "where card_id = 'c1' and event_time < now() order by event_time desc limit 10"))
+        assert "Index Only Scan Backward using transactions_card_time_idx" in plan

@@ -36,8 +36,22 @@ comment on table fraud.transactions is
 
 -- Per-card windows (velocity, impossible travel, running averages) read a card's recent rows in
 -- (event_time, txn_id) order; per-minute marts and time-bounded scans read by event_time.
+-- The per-card index carries the other columns those windows read (amount, country, coordinates,
+-- device), so that each batch's read of its cards' last rows is an index-only scan: one leaf page
+-- per card instead of a heap page per row, which is what grows with history (measured at 3M rows:
+-- that read 1.6x faster, the whole window-group statement 1.14x; a raw COPY pays 0.93x for it).
+-- An index of an earlier build without them is rebuilt once (it holds writers while it builds).
+do $$
+begin
+    if exists (select from pg_index i
+               where i.indexrelid = to_regclass('fraud.transactions_card_time_idx')
+                 and i.indnatts = i.indnkeyatts) then
+        drop index fraud.transactions_card_time_idx;
+    end if;
+end
+$$;
 create index if not exists transactions_card_time_idx
-    on fraud.transactions (card_id, event_time, txn_id);
+    on fraud.transactions (card_id, event_time, txn_id) include (amount, country, lat, lon, device_id);
 create index if not exists transactions_event_time_idx
     on fraud.transactions using brin (event_time) with (pages_per_range = 32);
 
