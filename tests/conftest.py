@@ -71,11 +71,11 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         eng.down()
 
 
-def create_database(server: Server, *, apply_sql: bool = True) -> Database:
-    """Create a uniquely named database (sql/ applied) on the server."""
+def create_database(server: Server, *, apply_sql: bool = True, options: str = "") -> Database:
+    """Create a uniquely named database (sql/ applied) on the server; `options` follow `create database`."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("create database {} ").format(sql.Identifier(name)) + sql.SQL(options))
     dsn = server.dsn_for(name)
     if apply_sql:
         schema.apply(dsn, role_passwords=server.passwords)
@@ -93,8 +93,8 @@ def drop_database(server: Server, name: str) -> None:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
-def _fresh_database(server: Server):
-    database = create_database(server)
+def _fresh_database(server: Server, options: str = ""):
+    database = create_database(server, options=options)
     try:
         yield database
     finally:
@@ -111,3 +111,14 @@ def db(engine: Server):
 def module_db(engine: Server):
     """Like `db`, shared by a module's tests (for expensive set-up such as `dbt run`)."""
     yield from _fresh_database(engine)
+
+
+# A default collation that does not order text bytewise (code points: the same order for ASCII, but
+# not COLLATE "C" to the planner): the window groups then leave their members' tie-breaks unshared.
+NON_BYTEWISE = "template template0 locale_provider builtin builtin_locale 'C.UTF-8'"
+
+
+@pytest.fixture(scope="module", params=["bytewise", "code-point"])
+def module_db_collations(request: pytest.FixtureRequest, engine: Server):
+    """Like `module_db`, once with the engine's bytewise default collation and once without."""
+    yield from _fresh_database(engine, "" if request.param == "bytewise" else NON_BYTEWISE)

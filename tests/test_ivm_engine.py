@@ -3,6 +3,7 @@ equals a from-scratch evaluation of its SQL. Models in tests/fixtures/ivm_models
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -19,8 +20,10 @@ T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def deployed(module_db):
-    """module_db with the test models deployed once."""
+def deployed(module_db_collations):
+    """A module database (with a bytewise default collation, and without) with the test models
+    deployed once."""
+    module_db = module_db_collations
     with psycopg.connect(module_db.dsn) as conn:
         conn.execute("create schema ivm_test")
         conn.execute("grant usage on schema ivm_test to sentinel_analyst")
@@ -240,3 +243,34 @@ def test_redeploy_drops_the_per_model_watermarks_of_earlier_builds(deployed):
         conn.execute(f"create table {legacy} (bucket int primary key, high timestamptz)")
         deploy_model(conn.cursor(), model=name, relation=rel, sql=sql, unique_key=key, force=True)
         assert conn.execute("select to_regclass(%s)", (legacy,)).fetchone()[0] is None
+
+
+def test_window_group_members_share_one_sort_when_the_collation_is_bytewise(deployed):
+    """The group's members read one sorted input: on a bytewise default collation their windows
+    (partition by card_id order by event_time[, txn_id collate "C"]) sort nothing of their own; on
+    another collation the tie-break is theirs to sort."""
+    with psycopg.connect(deployed.dsn) as conn:
+        bytewise = conn.execute("select datlocprovider = 'c' from pg_database "
+                                "where datname = current_database()").fetchone()[0]
+        src = conn.execute("select p.prosrc from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
+                           "where t.tgrelid = 'fraud.transactions'::regclass and t.tgname like 'ivm_group_%_i'"
+                           ).fetchone()[0]
+        fast = re.findall(r"execute (\$q\d*\$)(with .*?)\1", src, re.S)[0][1]
+        conn.execute("create temp table __ivm_new as select * from fraud.transactions limit 0")
+        plan = conn.execute(f"explain (format json) {fast}").fetchone()[0][0]["Plan"]
+        conn.rollback()
+    # sorts right under a window partitioned by card_id alone; a first-row member's (its new rows
+    # only, `__ivm_n`) is its own
+    own_sorts = []
+
+    def walk(node: dict) -> None:
+        for child in node.get("Plans", []):
+            if node["Node Type"] == "WindowAgg" and "Sort" in child["Node Type"]:
+                keys = child.get("Sort Key", [])
+                if (keys and keys[0].endswith("card_id") and not keys[0].startswith("__ivm_n_")
+                        and not any("merchant" in k for k in keys[1:])):
+                    own_sorts.append(keys)
+            walk(child)
+
+    walk(plan)
+    assert (own_sorts == []) == bytewise, own_sorts

@@ -53,6 +53,9 @@ class Member:
     unbounded: bool = False  # the window reads the key's whole past (`row_number()`, unbounded frames)
     first_row: bool = False  # a first-row-per-key model (see `Group._first_rows`)
     subkeys: list[str] = field(default_factory=list)  # first row per key: the partition's other input columns
+    # the windows' ORDER BY after the order column, as (input column, COLLATE "C"); None when they
+    # differ or order by anything else (the member then sorts its input itself)
+    tiebreak: tuple[tuple[str, bool], ...] | None = None
 
     def group_key(self) -> tuple[str, str]:
         return self.key, self.order
@@ -109,13 +112,26 @@ def member(p: Plan, rel: str) -> Member | None:
                 if sub is None:
                     return None
                 needed |= {x.name for x in sub.find_all(exp.Column)}
+    tiebreaks = set()
+    for w in scope.find_all(exp.Window):
+        tail: list[tuple[str, bool]] | None = []
+        for o in w.args["order"].expressions[1:]:
+            e, c_collate = o.this, False
+            if isinstance(e, exp.Collate) and e.expression.name == "C":
+                e, c_collate = e.this, True
+            sub = _substitute(e, mapping) if isinstance(e, exp.Column) else None
+            if o.args.get("desc") or o.args.get("nulls_first") or not isinstance(sub, exp.Column):
+                tail = None
+                break
+            tail.append((sub.name, c_collate))
+        tiebreaks.add(None if tail is None else tuple(tail))
     pushed = None
     if info.get("pushed"):
         sub = _substitute(sqlglot.parse_one(info["pushed"], read=DIALECT), mapping)
         pushed = sub.sql(DIALECT) if sub is not None else None
     return Member(plan=p, key=key, order=order, filters=[f.sql(DIALECT) for f in filters], pushed=pushed,
                   rows=0 if lb.unbounded else lb.rows, interval=None if lb.unbounded else lb.interval,
-                  unbounded=lb.unbounded, needed=needed)
+                  unbounded=lb.unbounded, needed=needed, tiebreak=tiebreaks.pop() if len(tiebreaks) == 1 else None)
 
 
 def watermark_name(rel: str, key: str, order: str) -> str:
@@ -131,10 +147,13 @@ def watermark_init(rel: str, key: str, order: str) -> str:
 class Group:
     """The insert trigger body of one input's window group."""
 
-    def __init__(self, rel: str, members: list[Member], columns: list[tuple[str, str]]) -> None:
+    def __init__(self, rel: str, members: list[Member], columns: list[tuple[str, str]], *,
+                 bytewise_default: bool = False) -> None:
         self.rel = rel
         self.members = members
         self.columns = columns  # the input's (name, type), in order
+        # the database's default collation orders text bytewise, as COLLATE "C" does
+        self.bytewise_default = bytewise_default
         self.key, self.order = members[0].group_key()
         self.wm = watermark_name(rel, self.key, self.order)
 
@@ -216,9 +235,56 @@ class Group:
             f"{P}nu as materialized (select {P}n.*, {uses_new} from {P}new as {P}n "
             f"inner join {P}ok as {P}o on {P}o.{P}k0 = {P}n.{k})",
         ]
+        if any(not m.first_row for m in self.members):
+            ctes.append(self._shared_input())
         for i, m in ms:
             ctes += self._first_rows(i, m) if m.first_row else self._member(i, m)
         return "with " + ",\n".join(ctes) + f"\nselect exists (select from {P}gk where not {P}fast)"
+
+    def sort_order(self) -> tuple[list[str], set[str]]:
+        """The shared input's order: the key, the order column, then the tie-break columns most
+        members' windows use (a member whose windows order the same way needs no sort of its own:
+        PostgreSQL keeps a materialized CTE's order); and the columns relabelled COLLATE "C" for it."""
+        tails = [m.tiebreak for m in self.members if not m.first_row and m.tiebreak is not None]
+        tail = max(tails, key=tails.count) if tails else ()
+        cols, relabel = [self.key, self.order], set()
+        for c, c_collate in tail:
+            if c_collate and not self.bytewise_default:
+                break  # the column's own order is not COLLATE "C": the members sort the rest themselves
+            cols.append(c)
+            if c_collate:
+                relabel.add(c)
+        return cols, relabel
+
+    def _shared_input(self) -> str:
+        """`__ivm_all`: every window member's input rows in one sorted CTE, each marked with the
+        members it goes to (`__ivm_u<i>`): the shared rows, the exact reads (each for its member
+        alone), and the new rows. With the database's collation bytewise, the tie-break columns are
+        relabelled COLLATE "C" (the same order and equality), so `col COLLATE "C"` in a window is the
+        CTE's own order."""
+        order, relabel = self.sort_order()
+        needed = set().union(*(x.needed for x in self.members))
+        win = [(i, m) for i, m in enumerate(self.members) if not m.first_row]
+
+        def cols(alias: str | None, null_unneeded: bool = False) -> str:
+            out = []
+            for c, typ in self.columns:
+                ref = f"{alias}.{_qi(c)}" if alias else _qi(c)
+                if null_unneeded and c not in needed:
+                    ref = f"null::{typ}"
+                out.append(f"{ref} collate \"C\" as {_qi(c)}" if c in relabel else
+                           (f"{ref} as {_qi(c)}" if ref != _qi(c) else ref))
+            return ", ".join(out)
+
+        flags = ", ".join(f"{P}u{i}" for i, _ in win)
+        parts = [f"select {cols(P + 'w', True)}, {flags} from {P}wu as {P}w"]
+        for i, m in win:
+            mine = ", ".join(f"{'true' if j == i else 'false'} as {P}u{j}" for j, _ in win)
+            parts.append(f"select {cols(P + 'x')}, {mine} from (select * from {P}ok where {P}a{i} and not {P}s{i} "
+                         f"order by {P}k0) as {P}o cross join lateral ({self._exact_read(m)}) as {P}x")
+        parts.append(f"select {cols(P + 'n')}, {flags} from {P}nu as {P}n")
+        return (f"{P}all as materialized (select * from ({' union all '.join(parts)}) as {P}a "
+                f"order by {', '.join(_qi(c) for c in order)})")
 
     def _exact_read(self, m: Member) -> str:
         """The rows a member needs of a key the shared read did not cover, read for it alone."""
@@ -301,17 +367,8 @@ class Group:
     def _member(self, i: int, m: Member) -> list[str]:
         """A member's CTEs: its input (shared rows, exact reads, new rows), its own SQL over it
         (CTEs renamed), and the insert of its outputs from t0 on."""
-        cols = _cols([c for c, _ in self.columns])
-        needed = set().union(*(x.needed for x in self.members))
-        # the shared rows carry only the columns the windows read; the others are null
-        w_cols = ", ".join(_qi(c) if c in needed else f"null::{typ} as {_qi(c)}" for c, typ in self.columns)
         src = f"{P}in{i}"
-        out = [
-            f"{src} as (select {w_cols} from {P}wu where {P}u{i} "
-            f"union all select {_cols([c for c, _ in self.columns], P + 'x')} from (select * from {P}ok "
-            f"where {P}a{i} and not {P}s{i} order by {P}k0) as {P}o cross join lateral ({self._exact_read(m)}) as {P}x "
-            f"union all select {cols} from {P}nu where {P}u{i})"
-        ]
+        out = [f"{src} as (select {_cols([c for c, _ in self.columns])} from {P}all where {P}u{i})"]
         p = m.plan
         tree, ctes = self._renamed(i, m, src)
         out += ctes

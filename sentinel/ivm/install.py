@@ -340,8 +340,9 @@ def _install_groups(cur: Any, inputs: list[str]) -> None:
         present = {r[0] for r in cur.fetchall()}
         keep = set()
         columns = _columns(cur, rel)
+        bytewise = _bytewise_default(cur)
         for (key, order), members in wanted.items():
-            g = group.Group(rel, members, columns)
+            g = group.Group(rel, members, columns, bytewise_default=bytewise)
             tag = _group_tag(rel, key, order)
             keep |= {f"ivm_group_{tag}_i", f"ivm_group_{tag}_u"}
             if f"ivm_group_{tag}_i" not in present:
@@ -364,6 +365,15 @@ def _install_groups(cur: Any, inputs: list[str]) -> None:
                             "where schemaname = 'sentinel_ivm' and tablename like %s", (f"wmg\\_%\\_{tg[10:-2]}",))
                 for (wm,) in cur.fetchall():
                     cur.execute(f"drop table {wm}")
+
+
+def _bytewise_default(cur: Any) -> bool:
+    """Whether the database's default collation orders text bytewise, as COLLATE "C" does (the
+    embedded engine's: initdb --no-locale)."""
+    cur.execute("select (datlocprovider = 'c' and datcollate in ('C', 'POSIX')) "
+                "or (datlocprovider = 'b' and datlocale in ('C', 'POSIX')) "
+                "from pg_database where datname = current_database()")
+    return bool(cur.fetchone()[0])
 
 
 def _group_tag(rel: str, key: str, order: str) -> str:
