@@ -212,8 +212,6 @@ class Group:
             # an interval-only member reads the shared rows from t0 - interval on (else all of them)
             lo = f"{P}gk.{P}t0 - {m.interval}" if m.interval and not m.rows else f"null::{dict(self.columns)[self.order]}"
             ok.append(f"{P}gk.{P}h{i} and ({suff}) as {P}s{i}, {P}gk.{P}h{i} as {P}a{i}, {lo} as {P}lo{i}")
-        uses_w = ", ".join(f"{P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}) as {P}u{i}"
-                           for i, _ in ms)
         uses_new = ", ".join(f"{P}o.{P}a{i} as {P}u{i}" for i, _ in ms)
         ctes = [
             # 1. the keys, each member's interest in them, 2. in order or not
@@ -230,8 +228,7 @@ class Group:
             f"{P}ws as materialized (select {P}k0, count(*) as {P}n, min({t}) as {P}tmin{counts} from {P}w group by 1)",
             f"{P}ok as materialized (select {P}gk.{P}k0, {P}gk.{P}t0, {', '.join(ok)} "
             f"from {P}gk left join {P}ws on {P}ws.{P}k0 = {P}gk.{P}k0 where {P}gk.{P}fast)",
-            # the shared and the new rows, marked with the members they go to
-            f"{P}wu as materialized (select {P}w.*, {uses_w} from {P}w inner join {P}ok as {P}o on {P}o.{P}k0 = {P}w.{P}k0)",
+            # the new rows, marked with the members they go to
             f"{P}nu as materialized (select {P}n.*, {uses_new} from {P}new as {P}n "
             f"inner join {P}ok as {P}o on {P}o.{P}k0 = {P}n.{k})",
         ]
@@ -277,7 +274,12 @@ class Group:
             return ", ".join(out)
 
         flags = ", ".join(f"{P}u{i}" for i, _ in win)
-        parts = [f"select {cols(P + 'w', True)}, {flags} from {P}wu as {P}w"]
+        t = _qi(self.order)
+        uses_w = ", ".join(f"{P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}) as {P}u{i}"
+                           for i, _ in win)
+        used = " or ".join(f"({P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}))" for i, _ in win)
+        parts = [f"select {cols(P + 'w', True)}, {uses_w} from {P}w inner join {P}ok as {P}o on {P}o.{P}k0 = {P}w.{P}k0 "
+                 f"where {used}"]
         for i, m in win:
             mine = ", ".join(f"{'true' if j == i else 'false'} as {P}u{j}" for j, _ in win)
             parts.append(f"select {cols(P + 'x')}, {mine} from (select * from {P}ok where {P}a{i} and not {P}s{i} "
