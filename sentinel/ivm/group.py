@@ -16,7 +16,8 @@ that work. One trigger per input runs one statement for the whole batch:
 4. per member, whether those rows suffice (enough rows passing its filter for its row-count frame,
    reaching back past its interval, or the key's whole history), else an exact read for the key;
 5. per member, its own SQL over those rows and the new rows of its keys, the outputs from t0 on
-   inserted into its table.
+   inserted into its table. The members' rows come from one CTE sorted once (`__ivm_all`, see
+   `Group._shared_input`), so windows in that order sort nothing of their own.
 
 Keys that are not in order go to each member's general path (`planner._WindowSql.general`).
 A member is a window model with one window select over one input, reached from the input
