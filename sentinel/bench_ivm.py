@@ -213,11 +213,11 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
             checkpoint(dsn)
-            c0 = counters(dsn)
             with profiling(dsn, args.profile) as profile:
+                c0 = counters(dsn)  # after profiling's pg_stat_reset, which zeroes the index counters
                 hist_rate, hist_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch, writers=args.writers)
+                c1 = counters(dsn)
             figures.update(profile)
-            c1 = counters(dsn)
             # The same stream on, with no checkpoint in between: most pages the batches touch have
             # written their full image since the last one (where a long stream spends most of a
             # checkpoint cycle).

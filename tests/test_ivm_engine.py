@@ -249,9 +249,10 @@ def test_window_group_members_share_one_sort_when_the_collation_is_bytewise(depl
     """The group's members read one sorted input: on a bytewise default collation their windows
     (partition by card_id order by event_time[, txn_id collate "C"]) sort nothing of their own; on
     another collation the tie-break is theirs to sort."""
+    from sentinel.ivm.install import _bytewise_default
+
     with psycopg.connect(deployed.dsn) as conn:
-        bytewise = conn.execute("select datlocprovider = 'c' from pg_database "
-                                "where datname = current_database()").fetchone()[0]
+        bytewise = _bytewise_default(conn.cursor())
         src = conn.execute("select p.prosrc from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
                            "where t.tgrelid = 'fraud.transactions'::regclass and t.tgname like 'ivm_group_%_i'"
                            ).fetchone()[0]

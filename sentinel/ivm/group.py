@@ -135,6 +135,9 @@ def member(p: Plan, rel: str) -> Member | None:
                   unbounded=lb.unbounded, needed=needed, tiebreak=tiebreaks.pop() if len(tiebreaks) == 1 else None)
 
 
+COLLATE_C = ' collate "C"'
+
+
 def watermark_name(rel: str, key: str, order: str) -> str:
     """The group's watermark table; its name ends with the group's tag (as its triggers' names)."""
     h = hashlib.sha1(f"{rel}|{key}|{order}".encode()).hexdigest()[:10]
@@ -157,6 +160,7 @@ class Group:
         self.bytewise_default = bytewise_default
         self.key, self.order = members[0].group_key()
         self.wm = watermark_name(rel, self.key, self.order)
+        self.needed = set().union(*(m.needed for m in members))  # the input columns the windows read
 
     def statements(self) -> list[Step]:
         new = f"{P}new"
@@ -191,9 +195,8 @@ class Group:
         hits = ", ".join(f"coalesce(bool_or({hit(m)}), false) as {P}h{i}" for i, m in ms)
         r = "greatest(1, " + ", ".join(f"case when {P}g.{P}h{i} then {m.rows} else 0 end" for i, m in ms) + ")"
         any_hit = " or ".join(f"{P}h{i}" for i, _ in ms)
-        needed = set().union(*(m.needed for m in self.members))
         cols = [c for c, _ in self.columns]
-        read_cols = ", ".join(f"{P}s.{_qi(c)}" for c in cols if c in needed)
+        read_cols = ", ".join(f"{P}s.{_qi(c)}" for c in cols if c in self.needed)
         counts = "".join(f", count(*){passing(m)} as {P}f{i}" for i, m in ms if m.rows)
         ok = []
         for i, m in ms:
@@ -261,26 +264,21 @@ class Group:
         relabelled COLLATE "C" (the same order and equality), so `col COLLATE "C"` in a window is the
         CTE's own order."""
         order, relabel = self.sort_order()
-        needed = set().union(*(x.needed for x in self.members))
         win = [(i, m) for i, m in enumerate(self.members) if not m.first_row]
 
-        def cols(alias: str | None, null_unneeded: bool = False) -> str:
+        def cols(alias: str, null_unneeded: bool = False) -> str:
             out = []
             for c, typ in self.columns:
-                ref = f"{alias}.{_qi(c)}" if alias else _qi(c)
-                if null_unneeded and c not in needed:
-                    ref = f"null::{typ}"
-                out.append(f"{ref} collate \"C\" as {_qi(c)}" if c in relabel else
-                           (f"{ref} as {_qi(c)}" if ref != _qi(c) else ref))
+                ref = f"null::{typ}" if null_unneeded and c not in self.needed else f"{alias}.{_qi(c)}"
+                out.append(f"{ref}{COLLATE_C if c in relabel else ''} as {_qi(c)}")
             return ", ".join(out)
 
         flags = ", ".join(f"{P}u{i}" for i, _ in win)
         t = _qi(self.order)
-        uses_w = ", ".join(f"{P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}) as {P}u{i}"
-                           for i, _ in win)
-        used = " or ".join(f"({P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}))" for i, _ in win)
-        parts = [f"select {cols(P + 'w', True)}, {uses_w} from {P}w inner join {P}ok as {P}o on {P}o.{P}k0 = {P}w.{P}k0 "
-                 f"where {used}"]
+        # a shared row goes to a member whose shared rows suffice, from its lower bound on
+        uses = {i: f"({P}o.{P}s{i} and ({P}o.{P}lo{i} is null or {P}w.{t} >= {P}o.{P}lo{i}))" for i, _ in win}
+        parts = [f"select {cols(P + 'w', True)}, {', '.join(f'{u} as {P}u{i}' for i, u in uses.items())} "
+                 f"from {P}w inner join {P}ok as {P}o on {P}o.{P}k0 = {P}w.{P}k0 where {' or '.join(uses.values())}"]
         for i, m in win:
             mine = ", ".join(f"{'true' if j == i else 'false'} as {P}u{j}" for j, _ in win)
             parts.append(f"select {cols(P + 'x')}, {mine} from (select * from {P}ok where {P}a{i} and not {P}s{i} "
