@@ -139,6 +139,31 @@ def _deltas(before: tuple[int, int, int], after: tuple[int, int, int], rows: int
             f"card_index_heap_fetches_per_entry_read_{suffix}": round(fetched / read, 3) if read else None}
 
 
+def probe(dsn: str, cards: int = 10_000, repeats: int = 5) -> dict:
+    """What one descent of the per-card index costs at the table's present size: the median time of
+    finding the latest row of each of `cards` cards that have rows (a sample, in key order, as the
+    window group reads them; index-only), in µs per card, and the index's size. Each batch makes
+    one such descent per card to read and one per row to insert; as the index outgrows the CPU
+    caches, each costs more, with the same rows read."""
+    with psycopg.connect(dsn) as conn:
+        n = conn.execute("select reltuples::bigint from pg_class where oid = 'fraud.transactions'::regclass").fetchone()[0]
+        share = min(100.0, 100.0 * 5 * cards / max(n, 1))
+        keys = conn.execute(f"select array(select card_id from (select distinct card_id from fraud.transactions "
+                            f"tablesample system ({share})) as s order by md5(card_id) limit %s)", (cards,)).fetchone()[0]
+        keys.sort()
+        query = ("select count(*) from unnest(%s::text[]) as k(card) cross join lateral (select t.event_time "
+                 "from fraud.transactions as t where t.card_id = k.card order by t.event_time desc limit 1) as t")
+        took = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            conn.execute(query, (keys,))
+            took.append(time.perf_counter() - t)
+        size = conn.execute("select pg_relation_size('fraud.transactions_card_time_idx')").fetchone()[0]
+    took.sort()
+    return {"us_per_card": round(1e6 * took[len(took) // 2] / max(len(keys), 1), 2), "cards": len(keys),
+            "index_mb": round(size / 2**20)}
+
+
 def latest_event(dsn: str):
     with psycopg.connect(dsn) as conn:
         return conn.execute("select max(event_time) from fraud.transactions").fetchone()[0]
@@ -200,6 +225,8 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
         figures.update(raw_copy_rows_per_s=round(raw_rate), models_rows_per_s_empty=round(empty_rate),
                        models_vs_raw=round(empty_rate / raw_rate, 2), batch_ms_mean_empty=round(empty_batch_ms, 1),
                        writers=args.writers)
+        pe = probe(dsn)
+        figures.update(card_index_probe_us_empty=pe["us_per_card"], card_index_mb_empty=pe["index_mb"])
         if "raw_copy_parallel_rows_per_s" in figures:
             figures["models_vs_raw_parallel"] = round(empty_rate / figures["raw_copy_parallel_rows_per_s"], 2)
         console.print(f"raw COPY {raw_rate:,.0f} rows/s; loader with every model {empty_rate:,.0f} rows/s "
@@ -223,8 +250,12 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # checkpoint cycle).
             steady_rate, steady_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch, writers=args.writers)
             c2 = counters(dsn)
+            ph = probe(dsn)
             with psycopg.connect(dsn) as conn:
                 n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
+            figures.update(card_index_probe_us_history=ph["us_per_card"], card_index_mb_history=ph["index_mb"])
+            console.print(f"one per-card index descent: {pe['us_per_card']} µs at {pe['index_mb']} MB of index, "
+                          f"{ph['us_per_card']} µs at {ph['index_mb']} MB")
             figures.update(history_rows=n - args.rows, models_rows_per_s_history=round(hist_rate),
                            history_vs_empty=round(hist_rate / empty_rate, 2), batch_ms_mean_history=round(hist_batch_ms, 1),
                            **_deltas(c0, c1, args.rows, "history"),

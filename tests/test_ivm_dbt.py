@@ -4,6 +4,7 @@ every batch), redeploy under load, and unsupported shapes failing `dbt run`."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -177,3 +178,35 @@ def test_unsupported_model_fails_dbt_run_naming_model_and_construct(deployed, tm
         "select card_id, avg(amount) as average_amount\nfrom {{ ref('stg_transactions') }}\ngroup by card_id\n")
     with pytest.raises(DbtFailed, match=r"bad_average.*(?i:avg)"):
         dbt(db.dsn, tmp_path, "run", "-s", "bad_average", project=project)
+
+
+def test_window_group_reads_of_the_source_are_index_only(deployed):
+    """Every read the rules' window group makes of the cards' earlier rows, the shared one and each
+    member's exact one, takes only the columns the windows read: on the rules' source, whose
+    per-card index carries them, each is an index-only scan (no heap row fetched once the
+    visibility map has the pages)."""
+    db, _tmp = deployed
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        conn.execute("vacuum analyze fraud.transactions")
+    with psycopg.connect(db.dsn) as conn:
+        src = conn.execute("select p.prosrc from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
+                           "where t.tgrelid = 'fraud.transactions'::regclass and t.tgname like 'ivm_group_%_i'"
+                           ).fetchone()[0]
+        fast = re.findall(r"execute (\$q\d*\$)(with .*?)\1", src, re.S)[0][1]
+        conn.execute("create temp table __ivm_new as select * from fraud.transactions limit 0")
+        conn.execute("set enable_seqscan = off")
+        conn.execute("set enable_bitmapscan = off")
+        plan = conn.execute(f"explain (format json) {fast}").fetchone()[0][0]["Plan"]
+        conn.rollback()
+    scans = []
+
+    def walk(node: dict) -> None:
+        if node.get("Relation Name") == "transactions":
+            scans.append((node["Node Type"], node.get("Index Name")))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan)
+    # the shared read and an exact read for each window member but the first-row one
+    assert len(scans) >= 6, scans
+    assert set(scans) == {("Index Only Scan", "transactions_card_time_idx")}, scans

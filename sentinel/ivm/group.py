@@ -260,9 +260,11 @@ class Group:
     def _shared_input(self) -> str:
         """`__ivm_all`: every window member's input rows in one sorted CTE, each marked with the
         members it goes to (`__ivm_u<i>`): the shared rows, the exact reads (each for its member
-        alone), and the new rows. With the database's collation bytewise, the tie-break columns are
-        relabelled COLLATE "C" (the same order and equality), so `col COLLATE "C"` in a window is the
-        CTE's own order."""
+        alone), and the new rows. The earlier rows (shared and exact) carry only the columns the
+        windows read, the others null (their own outputs are never kept), so that each read of them
+        can be index-only. With the database's collation bytewise, the tie-break columns are
+        relabelled COLLATE "C" (the same order and equality), so `col COLLATE "C"` in a window is
+        the CTE's own order."""
         order, relabel = self.sort_order()
         win = [(i, m) for i, m in enumerate(self.members) if not m.first_row]
 
@@ -281,14 +283,15 @@ class Group:
                  f"from {P}w inner join {P}ok as {P}o on {P}o.{P}k0 = {P}w.{P}k0 where {' or '.join(uses.values())}"]
         for i, m in win:
             mine = ", ".join(f"{'true' if j == i else 'false'} as {P}u{j}" for j, _ in win)
-            parts.append(f"select {cols(P + 'x')}, {mine} from (select * from {P}ok where {P}a{i} and not {P}s{i} "
+            parts.append(f"select {cols(P + 'x', True)}, {mine} from (select * from {P}ok where {P}a{i} and not {P}s{i} "
                          f"order by {P}k0) as {P}o cross join lateral ({self._exact_read(m)}) as {P}x")
         parts.append(f"select {cols(P + 'n')}, {flags} from {P}nu as {P}n")
         return (f"{P}all as materialized (select * from ({' union all '.join(parts)}) as {P}a "
                 f"order by {', '.join(_qi(c) for c in order)})")
 
     def _exact_read(self, m: Member) -> str:
-        """The rows a member needs of a key the shared read did not cover, read for it alone."""
+        """The rows a member needs of a key the shared read did not cover, read for it alone (of
+        its columns, the planner reads only those `_shared_input` keeps)."""
         k, t = _qi(self.key), _qi(self.order)
         f = "".join(f" and ({x})" for x in m.filters)
         base = f"select {P}x.* from {_q(self.rel)} as {P}x where {P}x.{k} = {P}o.{P}k0 and {P}x.{t} < {P}o.{P}t0"

@@ -18,7 +18,7 @@ from sqlglot import exp
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 
 DIALECT = "postgres"
-PLAN_VERSION = "14"
+PLAN_VERSION = "15"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
