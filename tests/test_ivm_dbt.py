@@ -4,7 +4,6 @@ every batch), redeploy under load, and unsupported shapes failing `dbt run`."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
@@ -189,10 +188,7 @@ def test_window_group_reads_of_the_source_are_index_only(deployed):
     with psycopg.connect(db.dsn, autocommit=True) as conn:
         conn.execute("vacuum analyze fraud.transactions")
     with psycopg.connect(db.dsn) as conn:
-        src = conn.execute("select p.prosrc from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
-                           "where t.tgrelid = 'fraud.transactions'::regclass and t.tgname like 'ivm_group_%_i'"
-                           ).fetchone()[0]
-        fast = re.findall(r"execute (\$q\d*\$)(with .*?)\1", src, re.S)[0][1]
+        fast = maintained.group_fast_statement(conn)
         conn.execute("create temp table __ivm_new as select * from fraud.transactions limit 0")
         conn.execute("set enable_seqscan = off")
         conn.execute("set enable_bitmapscan = off")

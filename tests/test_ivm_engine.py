@@ -3,7 +3,6 @@ equals a from-scratch evaluation of its SQL. Models in tests/fixtures/ivm_models
 from __future__ import annotations
 
 import os
-import re
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -253,10 +252,7 @@ def test_window_group_members_share_one_sort_when_the_collation_is_bytewise(depl
 
     with psycopg.connect(deployed.dsn) as conn:
         bytewise = _bytewise_default(conn.cursor())
-        src = conn.execute("select p.prosrc from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
-                           "where t.tgrelid = 'fraud.transactions'::regclass and t.tgname like 'ivm_group_%_i'"
-                           ).fetchone()[0]
-        fast = re.findall(r"execute (\$q\d*\$)(with .*?)\1", src, re.S)[0][1]
+        fast = maintained.group_fast_statement(conn)
         conn.execute("create temp table __ivm_new as select * from fraud.transactions limit 0")
         plan = conn.execute(f"explain (format json) {fast}").fetchone()[0][0]["Plan"]
         conn.rollback()
