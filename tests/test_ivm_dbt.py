@@ -4,6 +4,7 @@ every batch), redeploy under load, and unsupported shapes failing `dbt run`."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -206,3 +207,47 @@ def test_window_group_reads_of_the_source_are_index_only(deployed):
     # the shared read and an exact read for each window member but the first-row one
     assert len(scans) >= 6, scans
     assert set(scans) == {("Index Only Scan", "transactions_card_time_idx")}, scans
+
+
+def test_general_path_reads_grow_with_the_late_keys_not_the_batch_or_history(deployed):
+    """A batch with late rows sends their keys down each member's general path. Finding those keys
+    is one hashed set over the new rows (not a scan of the new rows per key: quadratic in the
+    batch), and each key's row-count bound is one backward index scan of its last rows (not a
+    bitmap of its whole history, then sorted); the null-safe read for a null key is gated off for
+    the others."""
+    db, _tmp = deployed
+    with psycopg.connect(db.dsn) as conn:
+        stmts = maintained.group_statements(conn)
+        conn.execute("create temp table __ivm_new as select * from fraud.transactions limit 0")
+        for s in stmts:
+            if s.startswith("create temp table"):
+                conn.execute(s)
+        keys = [s for s in stmts if s.startswith('insert into pg_temp."__ivm_k_')]
+        fills = [s for s in stmts if s.startswith("with") and 'insert into pg_temp."__ivm_f_' in s]
+        conn.execute("set enable_seqscan = off")
+        key_plans = ["\n".join(r[0] for r in conn.execute(f"explain {s}")) for s in keys]
+        fill_plans = [conn.execute(f"explain (format json) {s}").fetchone()[0][0]["Plan"] for s in fills]
+        conn.rollback()
+    assert len(keys) == len(fills) >= 5
+    for plan in key_plans:
+        assert "hashed SubPlan" in plan and not re.search(r"(?<!hashed )SubPlan \d+\)", plan), plan
+    limits = []
+
+    def nodes(node: dict):
+        yield node
+        for c in node.get("Plans", []):
+            yield from nodes(c)
+
+    def walk(node: dict) -> None:
+        # a limit over a read gated on a null key ("One-Time Filter: (... IS NULL)") is the null-safe one
+        if node["Node Type"] == "Limit" and not any("IS NULL" in n.get("One-Time Filter", "") for n in nodes(node)):
+            child = node["Plans"][0]
+            limits.append((child["Node Type"], child.get("Relation Name"), child.get("Scan Direction")))
+        for c in node.get("Plans", []):
+            walk(c)
+
+    for plan in fill_plans:
+        walk(plan)
+    bounded = [x for x in limits if x[1] == "transactions" or x[0] in ("Sort", "Result")]
+    assert bounded, limits  # amount_spike and impossible_travel have row-count lookbacks
+    assert {x[0] for x in bounded} <= {"Index Only Scan", "Index Scan"} and {x[2] for x in bounded} == {"Backward"}, limits
