@@ -10,6 +10,7 @@ loader's writer, as `sentinel load` sends them (lists of rows, normal purchases 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import tempfile
@@ -85,6 +86,26 @@ def head(batches: Iterator[list], rows: int) -> Iterator[list]:
     while n < rows and (chunk := next(batches, None)) is not None:
         n += len(chunk)
         yield chunk
+
+
+def delayed(batches: Iterator[list], every: int, by: int) -> Iterator[list]:
+    """The same rows, every `every`-th delivered `by` rows later than its place: late events, which
+    the models must fold into the outputs they touch (each one's key takes the general path when a
+    later batch of its bucket has gone before it)."""
+    held: collections.deque = collections.deque()  # (due position, row)
+    n = 0
+    for chunk in batches:
+        out = []
+        for row in chunk:
+            n += 1
+            if n % every == 0:
+                held.append((n + by, row))
+            else:
+                out.append(row)
+            while held and held[0][0] <= n:
+                out.append(held.popleft()[1])
+        yield out
+    yield [row for _, row in held]
 
 
 @contextlib.contextmanager
@@ -235,7 +256,7 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # One stream: the timed rows continue the history's cards (a seed has its own cards),
             # so each card's windows and first uses meet its own past, as in production.
             console.print(f"loading {args.history:,} rows of history ...")
-            rows = stream(3, args.history + 2 * args.rows, args.cards, after=latest_event(dsn))
+            rows = stream(3, args.history + 3 * args.rows, args.cards, after=latest_event(dsn))
             ingest(dsn, head(rows, args.history), batch=args.batch, writers=args.writers)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
@@ -250,9 +271,18 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # checkpoint cycle).
             steady_rate, steady_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch, writers=args.writers)
             c2 = counters(dsn)
-            ph = probe(dsn)
             with psycopg.connect(dsn) as conn:
                 n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
+            # The stream on again, 1 % of its rows each delivered a whole round of batches late
+            # (behind rows of its bucket that later batches carried): out-of-order data.
+            late_by = args.batch * args.writers
+            late_rate, late_batch_ms = ingest(dsn, delayed(head(rows, args.rows), every=100, by=late_by),
+                                              batch=args.batch, writers=args.writers)
+            figures.update(models_rows_per_s_late=round(late_rate), late_vs_steady=round(late_rate / steady_rate, 2),
+                           batch_ms_mean_late=round(late_batch_ms, 1), late_share=0.01, late_by_rows=late_by)
+            console.print(f"with 1 % of the rows {late_by:,} rows late: {late_rate:,.0f} rows/s "
+                          f"({late_rate / steady_rate:.2f}x in order)")
+            ph = probe(dsn)
             figures.update(card_index_probe_us_history=ph["us_per_card"], card_index_mb_history=ph["index_mb"])
             console.print(f"one per-card index descent: {pe['us_per_card']} µs at {pe['index_mb']} MB of index, "
                           f"{ph['us_per_card']} µs at {ph['index_mb']} MB")

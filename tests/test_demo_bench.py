@@ -74,3 +74,16 @@ def test_demo_help_names_real_dbt_vars():
     project = yaml.safe_load((Path(__file__).resolve().parent.parent / "dbt" / "dbt_project.yml").read_text())
     named = re.findall(r"--vars '\{\{(\w+):", CONNECT_HELP)
     assert named and set(named) <= set(project["vars"])
+
+
+def test_bench_ivm_late_rows_are_the_same_rows_each_every_nth_moved_later():
+    from sentinel.bench_ivm import delayed
+
+    chunks = [list(range(i, i + 7)) for i in range(0, 35, 7)]
+    out = list(delayed(iter(chunks), every=5, by=8))
+    flat = [r for c in out for r in c]
+    assert sorted(flat) == list(range(35))
+    for late in range(4, 35, 5):  # the 5th, 10th, ... row: delivered after the 8 rows that followed it
+        after = [r for r in range(late + 1, min(late + 9, 35)) if r % 5 != 4]
+        assert all(flat.index(r) < flat.index(late) for r in after), (late, flat)
+    assert [r for r in flat if r % 5 != 4] == [r for r in range(35) if r % 5 != 4]  # the others keep their order
