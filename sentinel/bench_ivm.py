@@ -1,5 +1,6 @@
 """Benchmark of incremental maintenance: ingest through the loader with every model deployed vs a
-raw COPY, empty vs with history, and a full recomputation of the models vs the per-batch cost.
+raw COPY, empty vs with history (in order, and with 1 % of the rows late), and a full
+recomputation of the models vs the per-batch cost.
 
     python -m sentinel.bench_ivm [--rows 200000] [--batch 10000] [--writers 2] [--history 1000000] [--dsn DSN] [--profile]
 
