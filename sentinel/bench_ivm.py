@@ -279,10 +279,10 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             late_by = args.batch * args.writers
             late_rate, late_batch_ms = ingest(dsn, delayed(head(rows, args.rows), every=100, by=late_by),
                                               batch=args.batch, writers=args.writers)
-            figures.update(models_rows_per_s_late=round(late_rate), late_vs_steady=round(late_rate / steady_rate, 2),
+            figures.update(models_rows_per_s_late=round(late_rate), late_vs_steady=round(late_rate / steady_rate, 2) if steady_rate else None,
                            batch_ms_mean_late=round(late_batch_ms, 1), late_share=0.01, late_by_rows=late_by)
             console.print(f"with 1 % of the rows {late_by:,} rows late: {late_rate:,.0f} rows/s "
-                          f"({late_rate / steady_rate:.2f}x in order)")
+                          f"({figures['late_vs_steady']}x in order)")
             ph = probe(dsn)
             figures.update(card_index_probe_us_history=ph["us_per_card"], card_index_mb_history=ph["index_mb"])
             console.print(f"one per-card index descent: {pe['us_per_card']} µs at {pe['index_mb']} MB of index, "
