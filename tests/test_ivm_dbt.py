@@ -212,7 +212,8 @@ def test_window_group_reads_of_the_source_are_index_only(deployed):
 def test_general_path_reads_grow_with_the_late_keys_not_the_batch_or_history(deployed):
     """A batch with late rows sends their keys down each member's general path. Finding those keys
     is one hashed set over the new rows (not a scan of the new rows per key: quadratic in the
-    batch), and each key's row-count bound is one backward index scan of its last rows (not a
+    batch), their rows copied once for all members, each of which groups only that copy (not the
+    whole batch again); each key's row-count bound is one backward index scan of its last rows (not a
     bitmap of its whole history, then sorted); the null-safe read for a null key is gated off for
     the others."""
     db, _tmp = deployed
@@ -222,15 +223,19 @@ def test_general_path_reads_grow_with_the_late_keys_not_the_batch_or_history(dep
         for s in stmts:
             if s.startswith("create temp table"):
                 conn.execute(s)
+        slow = [s for s in stmts if s.startswith('insert into pg_temp."__ivm_s_')]
         keys = [s for s in stmts if s.startswith('insert into pg_temp."__ivm_k_')]
         fills = [s for s in stmts if s.startswith("with") and 'insert into pg_temp."__ivm_f_' in s]
         conn.execute("set enable_seqscan = off")
+        slow_plans = ["\n".join(r[0] for r in conn.execute(f"explain {s}")) for s in slow]
         key_plans = ["\n".join(r[0] for r in conn.execute(f"explain {s}")) for s in keys]
         fill_plans = [conn.execute(f"explain (format json) {s}").fetchone()[0][0]["Plan"] for s in fills]
         conn.rollback()
-    assert len(keys) == len(fills) >= 5
-    for plan in key_plans:
+    assert len(slow) == 1 and len(keys) == len(fills) >= 5
+    for plan in slow_plans:
         assert "hashed SubPlan" in plan and not re.search(r"(?<!hashed )SubPlan \d+\)", plan), plan
+    for plan in key_plans:
+        assert "__ivm_s_" in plan and "__ivm_new" not in plan and "SubPlan" not in plan, plan
     limits = []
 
     def nodes(node: dict):

@@ -18,7 +18,7 @@ from sqlglot import exp
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 
 DIALECT = "postgres"
-PLAN_VERSION = "17"
+PLAN_VERSION = "18"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -161,12 +161,15 @@ class _WindowSql:
     A null key is a partition of its own: keys are matched null-safely.
     """
 
-    def __init__(self, p: Plan, relation: str, delta: str) -> None:
+    def __init__(self, p: Plan, relation: str, delta: str, *, appended: bool | None = None) -> None:
+        """`delta`: the transition table (`__ivm_new`, `__ivm_old`) or a table of some of its rows;
+        `appended`: whether it holds inserted rows (by default, whether it is `__ivm_new`)."""
         info = p._info
         self.p = p
         self.relation = relation
         self.delta = delta
-        self.top1 = info["top1"] if delta == f"{P}new" else None
+        appended = delta == f"{P}new" if appended is None else appended
+        self.top1 = info["top1"] if appended else None
         tree: exp.Select = p._tree.copy()
         ctes = _pop_ctes(tree)
         self.reach = _reaching(ctes, relation)
@@ -272,12 +275,9 @@ class _WindowSql:
                 f"from (select distinct {bucket_sql(self.keys[0])} as b from {self.d_src}{wh} order by 1) as {P}b")
 
     # --- the general path ---
-    def general(self, *, slow_sql: str | None = None) -> list[Step]:
-        """Recompute each affected key from its t0 and apply the difference; with `slow_sql`, only
-        the keys (columns `__ivm_s.__ivm_k<i>`, `__ivm_s.__ivm_t0`) it selects."""
+    def general(self) -> list[Step]:
+        """Recompute each affected key of the delta from its t0 and apply the difference."""
         keys_query = self._with(self._delta_ctes()) + self._keys_select()
-        if slow_sql:
-            keys_query = f"select * from ({keys_query}) as {P}s where {slow_sql}"
         k_tab, f_tab, o_tab = self.k_tab, self.f_tab, self.o_tab
         top1 = self.top1
         if top1:
@@ -797,7 +797,7 @@ def _replace_inputs(node: exp.Expression, rel: str, delta: str, reach: set[str])
     for t in list(node.find_all(exp.Table)):
         if _tname(t) == rel:
             alias = t.alias_or_name
-            t.replace(exp.Table(this=exp.to_identifier(delta), alias=exp.TableAlias(this=exp.to_identifier(alias))))
+            t.replace(exp.to_table(delta, alias=exp.TableAlias(this=exp.to_identifier(alias))))
         elif not t.db and t.name in reach:
             alias = t.alias_or_name
             t.replace(exp.Table(this=exp.to_identifier(P + "d_" + t.name),
