@@ -36,7 +36,7 @@ from sqlglot import exp
 
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 from sentinel.ivm.planner import (DIALECT, P, Branch, Plan, Step, _cols, _create_temp, _pop_ctes, _q, _qi,
-                                  _substitute, _tname, _WindowSql, input_chain)
+                                  _substitute, _temp_table, _tname, _WindowSql, input_chain)
 
 
 @dataclass
@@ -173,8 +173,7 @@ class Group:
         # grouping the whole batch per member (with 1 % of a 10,000-row batch late: ~6 ms a member).
         # The keys are one uncorrelated set (a hashed subplan), not a scan of the new rows per
         # key: that had cost a 10,000-row batch with a late row ~3 s per member.
-        tag = hashlib.sha256("\x00".join([self.wm, *(f"{c} {typ}" for c, typ in self.columns)]).encode()).hexdigest()[:16]
-        slow_new = f"pg_temp.{_qi(P + 's_' + tag)}"
+        slow_new = _temp_table("s", self.wm, *(f"{c} {typ}" for c, typ in self.columns))
         general: list[Step] = [
             _create_temp(slow_new, f"select * from {new}"),
             f"insert into {slow_new} select {P}n.* from {new} as {P}n where {P}n.{k} is null or {P}n.{k} in "

@@ -201,8 +201,7 @@ class _WindowSql:
         self.lbs: list[Lookback] = info["lookbacks"]
         # Session temp tables (one set per model and column layout): the affected keys, the
         # recomputed rows from each key's t0 on, and the model's current rows there.
-        tag = hashlib.sha256("\x00".join([p.fingerprint, *p.columns]).encode()).hexdigest()[:16]
-        self.k_tab, self.f_tab, self.o_tab = (f"pg_temp.{_qi(P + x + '_' + tag)}" for x in "kfo")
+        self.k_tab, self.f_tab, self.o_tab = (_temp_table(x, p.fingerprint, *p.columns) for x in "kfo")
 
     # --- pieces ---
     def _with(self, ctes: list[str]) -> str:
@@ -831,6 +830,13 @@ def _eq(a: str, b: str) -> str:
 def _eq_hash(a: str, b: str) -> str:
     """a equals b, nulls equal, as one hashable equality (one-element arrays compare nulls equal)."""
     return f"array[{a}] = array[{b}]"
+
+
+def _temp_table(kind: str, *identity: str) -> str:
+    """The name of a session temp table of `kind` for what `identity` names (a model or group and
+    its column layout: a changed layout gets a table of its own)."""
+    tag = hashlib.sha256("\x00".join(identity).encode()).hexdigest()[:16]
+    return f"pg_temp.{_qi(P + kind + '_' + tag)}"
 
 
 def _create_temp(name: str, query: str) -> str:
