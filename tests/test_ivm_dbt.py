@@ -214,8 +214,8 @@ def test_general_path_reads_grow_with_the_late_keys_not_the_batch_or_history(dep
     is one hashed set over the new rows (not a scan of the new rows per key: quadratic in the
     batch), their rows copied once for all members, each of which groups only that copy (not the
     whole batch again); each key's row-count bound is one backward index scan of its last rows (not a
-    bitmap of its whole history, then sorted); the null-safe read for a null key is gated off for
-    the others."""
+    bitmap of its whole history, then sorted), and its lookahead one forward scan of its next rows;
+    the null-safe read for a null key is gated off for the others."""
     db, _tmp = deployed
     with psycopg.connect(db.dsn) as conn:
         stmts = maintained.group_statements(conn)
@@ -224,18 +224,19 @@ def test_general_path_reads_grow_with_the_late_keys_not_the_batch_or_history(dep
             if s.startswith("create temp table"):
                 conn.execute(s)
         slow = [s for s in stmts if s.startswith('insert into pg_temp."__ivm_s_')]
-        keys = [s for s in stmts if s.startswith('insert into pg_temp."__ivm_k_')]
+        keys = [s for s in stmts if re.match(r'(with .*)?insert into pg_temp."__ivm_k_', s, re.S)]
         fills = [s for s in stmts if s.startswith("with") and 'insert into pg_temp."__ivm_f_' in s]
         conn.execute("set enable_seqscan = off")
         slow_plans = ["\n".join(r[0] for r in conn.execute(f"explain {s}")) for s in slow]
         key_plans = ["\n".join(r[0] for r in conn.execute(f"explain {s}")) for s in keys]
+        key_trees = [conn.execute(f"explain (format json) {s}").fetchone()[0][0]["Plan"] for s in keys]
         fill_plans = [conn.execute(f"explain (format json) {s}").fetchone()[0][0]["Plan"] for s in fills]
         conn.rollback()
     assert len(slow) == 1 and len(keys) == len(fills) >= 5
     for plan in slow_plans:
         assert "hashed SubPlan" in plan and not re.search(r"(?<!hashed )SubPlan \d+\)", plan), plan
     for plan in key_plans:
-        assert "__ivm_s_" in plan and "__ivm_new" not in plan and "SubPlan" not in plan, plan
+        assert "__ivm_s_" in plan and "__ivm_new" not in plan, plan
     limits = []
 
     def nodes(node: dict):
@@ -256,3 +257,10 @@ def test_general_path_reads_grow_with_the_late_keys_not_the_batch_or_history(dep
     bounded = [x for x in limits if x[1] == "transactions" or x[0] in ("Sort", "Result")]
     assert bounded, limits  # amount_spike and impossible_travel have row-count lookbacks
     assert {x[0] for x in bounded} <= {"Index Only Scan", "Index Scan"} and {x[2] for x in bounded} == {"Backward"}, limits
+    # their lookahead (where a late row's influence ends) is one forward index scan of the next rows
+    limits.clear()
+    for plan in key_trees:
+        walk(plan)
+    ahead = [x for x in limits if x[1] == "transactions" or x[0] in ("Sort", "Result")]
+    assert len(ahead) >= 2, limits
+    assert {x[0] for x in ahead} <= {"Index Only Scan", "Index Scan"} and {x[2] for x in ahead} == {"Forward"}, limits

@@ -185,6 +185,48 @@ def test_window_group_reads_past_the_shared_rows_when_they_do_not_suffice(deploy
         assert mismatches(conn, deployed.dbname) == {}
 
 
+def test_a_late_row_changes_the_outputs_as_far_as_the_frames_reach_and_no_further(deployed):
+    """A late row changes the outputs of the rows whose frames reach back to it: the next three rows
+    of a 3-row frame, the rows up to 60 s later of a 60 s range, and through a window over another
+    window's output, the inner reach plus the outer one (bursts: the late row makes the next row
+    quick, whose 120 s count then reaches a row past the inner reach). Rows past the reach are
+    neither recomputed nor read."""
+    reset(deployed.dsn)
+    s = lambda x: T0 + timedelta(seconds=x)  # noqa: E731
+    burst = [("b1", "c8", None, "10.00", None, None, s(100)), ("b2", "c8", None, "11.00", None, None, s(200)),
+             ("b3", "c8", None, "12.00", None, None, s(210)), ("b4", "c8", None, "13.00", None, None, s(220))]
+    spike = [(f"s{i}", "c9", None, a, None, None, s(100 + i)) for i, a in enumerate(["10.00", "10.00", "15.00", "50.00", "10.00", "40.00"])]
+    steady = [(f"v{i:02d}", "c10", None, "1.00", None, None, s(1000 + i)) for i in range(40)]
+
+    def bursts(conn):
+        return conn.execute("select txn_id, quick_count from ivm_test.bursts where card_id = 'c8' order by 1").fetchall()
+
+    def spikes(conn):
+        return [r[0] for r in conn.execute("select txn_id from ivm_test.spike where card_id = 'c9' order by 1")]
+
+    with psycopg.connect(deployed.dsn) as conn:
+        insert(conn, burst + spike + steady)
+        conn.commit()
+        assert bursts(conn) == [("b4", 2)]
+        assert spikes(conn) == ["s3"]
+        assert conn.execute("select count(*) from ivm_test.velocity where card_id = 'c10'").fetchone()[0] == 37
+        # b0 makes b2 quick (10 s after it), which adds to b4's count 20 s later: past b0's own reach
+        # (its next two rows); s00 joins the frames of the next three rows (s0, s1, s2), not s3's
+        # fetches by index in this transaction (the view also holds earlier ones not yet flushed)
+        fetched = "select idx_tup_fetch from pg_stat_xact_user_tables where relid = 'ivm_test.velocity'::regclass"
+        before = conn.execute(fetched).fetchone()[0]
+        insert(conn, [("b0", "c8", None, "14.00", None, None, s(190)), ("s00", "c9", None, "1.00", None, None, s(99)),
+                      ("v-late", "c10", None, "1.00", None, None, s(900))])
+        velocity_reads = conn.execute(fetched).fetchone()[0] - before
+        conn.commit()
+        assert bursts(conn) == [("b3", 2), ("b4", 3)]
+        assert spikes(conn) == ["s2", "s3"]  # s2's average falls below half its amount; s3's frame is as before
+        assert mismatches(conn, deployed.dbname) == {}
+    # v-late is 100 s before c10's rows: their 37 velocity rows are past its reach, not read; s00's
+    # reach holds c9's three (s3, s4, s5)
+    assert velocity_reads == 3, velocity_reads
+
+
 NULLABLE = {
     "n_count": '''select id, k, t, count(*) over (
     partition by k order by t range between interval '60 seconds' preceding and current row) as n

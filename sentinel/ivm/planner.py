@@ -18,7 +18,7 @@ from sqlglot import exp
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 
 DIALECT = "postgres"
-PLAN_VERSION = "18"
+PLAN_VERSION = "20"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -199,6 +199,8 @@ class _WindowSql:
         self.out_keys = info["out_keys"]
         self.out_t = info["out_order"]
         self.lbs: list[Lookback] = info["lookbacks"]
+        # whether a key's recomputation stops where its new rows' influence ends (`_until`)
+        self.bounded = self._until("null") is not None
         # Session temp tables (one set per model and column layout): the affected keys, the
         # recomputed rows from each key's t0 on, and the model's current rows there.
         self.k_tab, self.f_tab, self.o_tab = (_temp_table(x, p.fingerprint, *p.columns) for x in "kfo")
@@ -211,23 +213,30 @@ class _WindowSql:
         return [c.sql(DIALECT) for c in self.deltas]
 
     def _keys_select(self) -> str:
-        """Affected keys of the delta with their t0 (the lowest order value of their new rows)."""
+        """Affected keys of the delta with their t0 and t1 (the lowest and highest order value of
+        their new rows)."""
         sel = ", ".join(f"{k} as {c}" for k, c in zip(self.keys, self.kcols))
         wh = f" where {self.where}" if self.where else ""
-        return (f"select {sel}, min({self.t}) as {P}t0 from {self.d_src}{wh} "
+        return (f"select {sel}, min({self.t}) as {P}t0, max({self.t}) as {P}t1 from {self.d_src}{wh} "
                 f"group by {', '.join(str(i + 1) for i in range(len(self.kcols)))}")
 
     def _model_over(self, restricted: str, head: list[str]) -> tuple[str, str]:
         """(with-prefix, final select) of the model, its window input replaced by `restricted`."""
         tree: exp.Select = self.p._tree.copy()
-        ctes = _pop_ctes(tree)
+        ctes = self._model_ctes(tree)
         scope = tree if self.scope_path == "" else next(c.this for c in ctes if c.alias == self.scope_path)
         scope.args["from_"].set("this", exp.Subquery(this=sqlglot.parse_one(restricted, read=DIALECT),
                                                      alias=exp.TableAlias(this=exp.to_identifier(self.alias))))
+        return self._with(head + [c.sql(DIALECT) for c in ctes]), tree.sql(DIALECT)
+
+    def _model_ctes(self, tree: exp.Expression | None = None) -> list[exp.CTE]:
+        """The model's CTEs, popped off `tree` (a copy of the model's by default), those that
+        read the input inlined where they are used."""
+        ctes = _pop_ctes(tree if tree is not None else self.p._tree.copy())
         for cte in ctes:
             if cte.alias in self.reach:
                 cte.set("materialized", False)
-        return self._with(head + [c.sql(DIALECT) for c in ctes]), tree.sql(DIALECT)
+        return ctes
 
     def _since(self, base: str) -> str:
         """The lower bound of the inputs a key's recomputation from `base` reads ('' = all)."""
@@ -243,27 +252,57 @@ class _WindowSql:
             bounds.append(f"({base}) - {inner.interval}")
         if inner.rows:
             # the earliest of the key's last `rows` rows before base: one backward index scan
-            # (fewer rows: the key's first; none: null, which least() ignores). Matched with plain
-            # equality for a key without nulls: the null-safe match is an OR, which the planner
-            # serves with a bitmap of the key's whole history, then sorted (at 10M rows, 0.2 ms a
-            # key). A key with a null takes the null-safe read, gated off for all others.
-            extra = f" and ({self.where})" if self.where else ""
-
-            def last_rows(match: str) -> str:
-                return (f"(select min({P}p.{P}t) from (select {self.t} as {P}t from {self.o_src} where {match}{extra} "
-                        f"and {self.t} < ({base}) order by {self.t} desc limit {inner.rows}) as {P}p)")
-
-            plain = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(self.keys, self.kcols))
-            any_null = " or ".join(f"{P}kk.{c} is null" for c in self.kcols)
-            bounds += [last_rows(plain), last_rows(f"({any_null}) and {self.key_match}")]
+            # (fewer rows: the key's first; none: null, which least() ignores)
+            bounds += self._key_rows(base, inner.rows, before=True)
         return f" and {self.t} >= least({', '.join(bounds)})"
 
+    def _until(self, base: str) -> str | None:
+        """The highest order value whose outputs a new (or removed) input row of the key at `base`
+        can change: its own and its peers', and those of the rows whose frames reach back to it
+        (the next `rows` rows, `interval` later). None: the outputs of all later rows (an unbounded
+        frame, `row_number()`, a first row per key)."""
+        lbs = self.lbs
+        if self.top1 or any(x.unbounded for x in lbs):
+            return None
+        inner = lbs[0]
+        bounds = [base]
+        if inner.interval:
+            bounds.append(f"({base}) + {inner.interval}")
+        if inner.rows:
+            # the latest of the key's next `rows` rows after base: one forward index scan (fewer
+            # rows: the key's last; none: null, which greatest() ignores). Rows tied with base
+            # are at or before it, so the bound covers them.
+            bounds += self._key_rows(base, inner.rows, before=False)
+        until = f"greatest({', '.join(bounds)})"
+        for x in lbs[1:]:  # each outer window carries a change of its input `interval` later
+            if x.interval:
+                until = f"({until}) + {x.interval}"
+        return until
+
+    def _key_rows(self, base: str, n: int, *, before: bool) -> list[str]:
+        """The order value of the farthest of the key's `n` input rows nearest to `base` (strictly
+        before or after it), as two subqueries, one of which finds the rows. Matched with plain
+        equality for a key without nulls: the null-safe match is an OR, which the planner serves
+        with a bitmap of the key's whole history, then sorted (at 10M rows, 0.2 ms a key). A key
+        with a null takes the null-safe read, gated off for all others."""
+        extra = f" and ({self.where})" if self.where else ""
+        agg, cmp, direction = ("min", "<", " desc") if before else ("max", ">", "")
+
+        def rows(match: str) -> str:
+            return (f"(select {agg}({P}p.{P}t) from (select {self.t} as {P}t from {self.o_src} where {match}{extra} "
+                    f"and {self.t} {cmp} ({base}) order by {self.t}{direction} limit {n}) as {P}p)")
+
+        plain = " and ".join(f"{k} = {P}kk.{c}" for k, c in zip(self.keys, self.kcols))
+        any_null = " or ".join(f"{P}kk.{c} is null" for c in self.kcols)
+        return [rows(plain), rows(f"({any_null}) and {self.key_match}")]
+
     def _since_t0(self, alias: str, keys: str, *, form: str) -> str:
-        """The rows of `alias` at or after their key's t0 in `keys`, null keys matching, in the
-        `form` an index ('index') or a hash join ('hash') serves."""
+        """The rows of `alias` from their key's t0 in `keys` (to its t1 when bounded), null keys
+        matching, in the `form` an index ('index') or a hash join ('hash') serves."""
         eq = {"index": _eq, "hash": _eq_hash}[form]
+        t = f"{alias}.{_qi(self.out_t)}"
         return " and ".join([eq(f"{alias}.{_qi(c)}", f"{keys}.{k}") for c, k in zip(self.out_keys, self.kcols)]
-                            + [f"{alias}.{_qi(self.out_t)} >= {keys}.{P}t0"])
+                            + [f"{t} >= {keys}.{P}t0"] + ([f"{t} <= {keys}.{P}t1"] if self.bounded else []))
 
     def lock_keys(self) -> str:
         """Lock the buckets of the delta's keys, in bucket order, before anything reads them: a
@@ -290,6 +329,8 @@ class _WindowSql:
                 f"(select {_cols(top1, P + 'm')} from {_q(self.p.relation)} as {P}m where {current} offset 0) as {P}x")
             head = self._delta_ctes()  # the new rows of the window's input
         else:
+            # the outputs up to t1 need no input after it (frames look back)
+            upto = f" and {self.t} <= {P}kk.{P}t1" if self.bounded else ""
             # `offset 0` keeps each lateral read a per-key index scan: flattened into a join, the
             # planner may hash the whole input instead, a cost that grows with history. Keys in
             # order, restated outside, let the window sort each key's few rows (an incremental
@@ -297,13 +338,14 @@ class _WindowSql:
             restricted = (
                 f"select {_qi(self.alias)}.* from (select * from {k_tab} order by {', '.join(self.kcols)}) as {P}kk "
                 f"cross join lateral (select * from {self.o_src} where {self.key_match}"
-                f"{self._since(P + 'kk.' + P + 't0')} offset 0) as {_qi(self.alias)} "
+                f"{self._since(P + 'kk.' + P + 't0')}{upto} offset 0) as {_qi(self.alias)} "
                 f"where " + " and ".join(_eq(f"{_qi(self.alias)}.{k}", f"{P}kk.{c}") for k, c in zip(self.keys, self.kcols)))
             head = []
         prefix, final = self._model_over(restricted, head)
         cols = self.p.columns
         rel = _q(self.p.relation)
-        # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change)
+        # the recomputed rows of the affected keys from their t0 on (earlier ones cannot change), to
+        # their t1 when bounded (later ones do not either)
         fill = (f"{prefix}insert into {f_tab} select {P}f.* from ({final}) as {P}f "
                 f"where exists (select from {k_tab} as {P}kk where {self._since_t0(P + 'f', P + 'kk', form='hash')})")
         old = (f"insert into {o_tab} select {P}x.* from {k_tab} as {P}kk cross join lateral "
@@ -311,11 +353,20 @@ class _WindowSql:
                f"{self._since_t0(P + 'f', P + 'kk', form='index')} offset 0) as {P}x")
         # Two statements, delete then insert: downstream triggers see each kind separately.
         delete, insert = multiset_diff(self.p.relation, cols, f"table {o_tab}", f"table {f_tab}")
+        keys_insert = f"insert into {k_tab} {keys_query}"
+        if self.bounded:
+            # t1 becomes the last order value the key's new rows can change the outputs of: later
+            # rows of the key keep theirs, so they are neither recomputed nor read
+            kk = f"{P}kk"
+            ctes = self._delta_ctes() + [c.sql(DIALECT) for c in self._model_ctes()]
+            keys_insert = (f"{self._with(ctes)}"
+                           f"insert into {k_tab} select {_cols(self.kcols, kk)}, {kk}.{P}t0, "
+                           f"{self._until(kk + '.' + P + 't1')} from ({self._keys_select()}) as {kk}")
         return [
             _create_temp(k_tab, keys_query),
             _create_temp(f_tab, f"select * from {rel}"),
             _create_temp(o_tab, f"select ctid as {P}ctid, * from {rel}"),
-            f"insert into {k_tab} {keys_query}",
+            keys_insert,
             fill,
             old,
             # in-order input leaves no model rows at or after t0: the fresh rows are the whole change
