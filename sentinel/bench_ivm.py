@@ -1,6 +1,6 @@
 """Benchmark of incremental maintenance: ingest through the loader with every model deployed vs a
-raw COPY, empty vs with history (in order, and with 1 % of the rows late), and a full
-recomputation of the models vs the per-batch cost.
+raw COPY, empty vs with history (in order, with 1 % of the rows late, and one batch older than all
+its cards' history), and a full recomputation of the models vs the per-batch cost.
 
     python -m sentinel.bench_ivm [--rows 200000] [--batch 10000] [--writers 2] [--history 1000000] [--dsn DSN] [--profile]
 
@@ -186,6 +186,32 @@ def probe(dsn: str, cards: int = 10_000, repeats: int = 5) -> dict:
             "index_mb": round(size / 2**20)}
 
 
+def shifted_batch(dsn: str, rows: int, repeats: int = 2) -> dict:
+    """One batch in a single transaction, rolled back, its ms (the best of `repeats`): the table's
+    latest `rows` rows again (new txn_ids, the same cards and spacing), moved to just after the
+    table's latest event (in order) and to just before its earliest (older than every card's whole
+    history, the worst case of late data: every window output of those cards that the rows reach
+    changes)."""
+    took: dict[str, list[float]] = {"in_order": [], "older_than_history": []}
+    with psycopg.connect(dsn) as conn:
+        conn.execute("create temp table bench_shifted on commit preserve rows as select * from fraud.transactions "
+                     f"order by event_time desc limit {int(rows)}")
+        lo, hi, first, last = conn.execute(
+            "select (select min(event_time) from fraud.transactions), (select max(event_time) from fraud.transactions), "
+            "min(event_time), max(event_time) from bench_shifted").fetchone()
+        conn.commit()
+        moved = ", ".join({"txn_id": "'shifted-' || txn_id", "event_time": "event_time + %s"}.get(c, c) for c in COLUMNS)
+        for _ in range(repeats):
+            for kind, shift in (("in_order", hi - first + timedelta(seconds=1)),
+                                ("older_than_history", lo - last - timedelta(seconds=1))):
+                t = time.perf_counter()
+                conn.execute(f"insert into fraud.transactions ({', '.join(COLUMNS)}) select {moved} from bench_shifted",
+                             (shift,))
+                took[kind].append(time.perf_counter() - t)
+                conn.rollback()
+    return {f"batch_ms_{k}_single": round(1000 * min(v), 1) for k, v in took.items()}
+
+
 def latest_event(dsn: str):
     with psycopg.connect(dsn) as conn:
         return conn.execute("select max(event_time) from fraud.transactions").fetchone()[0]
@@ -283,6 +309,13 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
                            batch_ms_mean_late=round(late_batch_ms, 1), late_share=0.01, late_by_rows=late_by)
             console.print(f"with 1 % of the rows {late_by:,} rows late: {late_rate:,.0f} rows/s "
                           f"({figures['late_vs_steady']}x in order)")
+            # One batch of the cards' own rows older than all their history, against the same batch
+            # in order: what a late row costs at its worst, as the history grows.
+            sb = shifted_batch(dsn, args.batch)
+            figures.update(sb, older_than_history_vs_in_order=round(
+                sb["batch_ms_older_than_history_single"] / sb["batch_ms_in_order_single"], 1))
+            console.print(f"one {args.batch:,}-row batch older than all its cards' history: "
+                          f"{sb['batch_ms_older_than_history_single']:,.0f} ms, in order {sb['batch_ms_in_order_single']:,.0f} ms")
             ph = probe(dsn)
             figures.update(card_index_probe_us_history=ph["us_per_card"], card_index_mb_history=ph["index_mb"])
             console.print(f"one per-card index descent: {pe['us_per_card']} µs at {pe['index_mb']} MB of index, "

@@ -60,6 +60,7 @@ def test_bench_produces_every_figure(tmp_path):
     for part in ("loader", "ivm", "alerts", "quality"):
         assert part in figures and "error" not in figures[part], figures.get(part)
     assert figures["quality"]["rules"] and figures["quality"]["patterns"]
+    assert figures["ivm"]["batch_ms_older_than_history_single"] > 0 and figures["ivm"]["batch_ms_in_order_single"] > 0
     assert figures["machine"]["cpus"] >= 1
 
 
