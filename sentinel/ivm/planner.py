@@ -248,44 +248,43 @@ class _WindowSql:
 
     def _since(self, base: str) -> str:
         """The lower bound of the inputs a key's recomputation from `base` reads ('' = all)."""
-        lbs = self.lbs
-        if any(x.unbounded for x in lbs):
+        if any(x.unbounded for x in self.lbs):
             return ""  # the key's whole history
-        for x in reversed(lbs[1:]):  # outer windows first: each reads the inner one's output from base
-            if x.interval:
-                base = f"({base}) - {x.interval}"
-        inner = lbs[0]
-        bounds = [base]
-        if inner.interval:
-            bounds.append(f"({base}) - {inner.interval}")
-        if inner.rows:
-            # the earliest of the key's last `rows` rows before base: one backward index scan
-            # (fewer rows: the key's first; none: null, which least() ignores)
-            bounds += self._key_rows(base, inner.rows, before=True)
-        return f" and {self.t} >= least({', '.join(bounds)})"
+        return f" and {self.t} >= {self._reach(base, before=True)}"
 
     def _until(self, base: str) -> str | None:
         """The highest order value whose outputs a new (or removed) input row of the key at `base`
         can change: its own and its peers', and those of the rows whose frames reach back to it
         (the next `rows` rows, `interval` later). None: the outputs of all later rows (an unbounded
         frame, `row_number()`, a first row per key)."""
-        lbs = self.lbs
-        if self.top1 or any(x.unbounded for x in lbs):
+        if self.top1 or any(x.unbounded for x in self.lbs):
             return None
-        inner = lbs[0]
+        return self._reach(base, before=False)
+
+    def _reach(self, base: str, *, before: bool) -> str:
+        """How far the windows reach from `base`: back, the earliest input the outputs from `base`
+        on read (each outer window reads the inner one's output from `base` - its interval; the
+        inner one then reads its interval and its `rows` earlier rows before that); forward, the
+        latest output an input at `base` changes (the inner window's outputs up to its interval
+        and its next `rows` rows later, each outer window's up to its interval after those)."""
+        inner, outer = self.lbs[0], [x.interval for x in self.lbs[1:] if x.interval]
+        sign, pick = ("-", "least") if before else ("+", "greatest")
+        if before:
+            for interval in reversed(outer):
+                base = f"({base}) - {interval}"
         bounds = [base]
         if inner.interval:
-            bounds.append(f"({base}) + {inner.interval}")
+            bounds.append(f"({base}) {sign} {inner.interval}")
         if inner.rows:
-            # the latest of the key's next `rows` rows after base: one forward index scan (fewer
-            # rows: the key's last; none: null, which greatest() ignores). Rows tied with base
-            # are at or before it, so the bound covers them.
-            bounds += self._key_rows(base, inner.rows, before=False)
-        until = f"greatest({', '.join(bounds)})"
-        for x in lbs[1:]:  # each outer window carries a change of its input `interval` later
-            if x.interval:
-                until = f"({until}) + {x.interval}"
-        return until
+            # the farthest of the key's `rows` rows nearest to base: one index scan (fewer rows:
+            # the key's first or last; none: null, which least() and greatest() ignore). Rows
+            # tied with base are at or before it, so the forward bound covers them.
+            bounds += self._key_rows(base, inner.rows, before=before)
+        reach = f"{pick}({', '.join(bounds)})"
+        if not before:
+            for interval in outer:
+                reach = f"({reach}) + {interval}"
+        return reach
 
     def _key_rows(self, base: str, n: int, *, before: bool) -> list[str]:
         """The order value of the farthest of the key's `n` input rows nearest to `base` (strictly
