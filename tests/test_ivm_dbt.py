@@ -209,6 +209,32 @@ def test_window_group_reads_of_the_source_are_index_only(deployed):
     assert set(scans) == {("Index Only Scan", "transactions_card_time_idx")}, scans
 
 
+def test_an_aggregates_recompute_on_deletes_reads_the_touched_groups_not_the_whole_input(deployed):
+    """Deletes reaching `flagged_minutely` (a late row that moves a flag) recompute the groups they
+    touch: the model's rows found through its group-key index, one lookup a group, and the input's
+    rows through its `event_time` index, one range per touched minute; neither reads a whole
+    table. (Planned with sequential scans disabled: the old null-safe match could only be served
+    by scanning both tables.)"""
+    db, _tmp = deployed
+    with psycopg.connect(db.dsn) as conn:
+        src = "\n".join(r[0] for r in conn.execute(
+            "select p.prosrc from pg_trigger t join pg_proc p on p.oid = t.tgfoid "
+            "where t.tgrelid = 'fraud.flagged_transactions'::regclass and not t.tgisinternal"))
+        stmts = [x for _, x in re.findall(r"execute (\$q\d*\$)(.*?)\1", src, re.S)
+                 if re.search(r'(delete from|insert into) "fraud"\."flagged_minutely"', x) and "__ivm_old" in x]
+        for t in ("__ivm_old", "__ivm_new"):  # an update's statements read both
+            conn.execute(f"create temp table {t} as select * from fraud.flagged_transactions limit 0")
+        conn.execute("set enable_seqscan = off")
+        plans = ["\n".join(r[0] for r in conn.execute(f"explain {x}")) for x in stmts]
+        conn.rollback()
+    kinds = [p.split()[0] for p in plans]
+    assert kinds.count("Delete") == kinds.count("Insert") >= 1 and set(kinds) == {"Delete", "Insert"}, plans
+    for plan in plans:
+        assert not re.search(r"Seq Scan on (flagged_minutely|flagged_transactions)\b", plan), plan
+        if plan.startswith("Insert"):
+            assert re.search(r"Index (Only )?Scan using \S+ on flagged_transactions", plan), plan
+
+
 def test_general_path_reads_grow_with_the_late_keys_not_the_batch_or_history(deployed):
     """A batch with late rows sends their keys down each member's general path. Finding those keys
     is one hashed set over the new rows (not a scan of the new rows per key: quadratic in the

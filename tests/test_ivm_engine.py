@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sentinel.ivm import IvmUnsupported, deploy_model
@@ -271,6 +271,49 @@ def test_null_partition_keys_are_maintained(nullable, stream, data):
             conn.commit()
             assert maintained.mismatches(conn, models) == {}
             i += size
+
+
+@pytest.fixture(scope="module")
+def bucketed(module_db):
+    """An aggregate by time bucket over a table whose rows can be deleted and updated and whose time
+    can be null: a delete recomputes its buckets from their rows' time ranges (and the null
+    bucket from the rows without a time)."""
+    with psycopg.connect(module_db.dsn) as conn:
+        conn.execute("create schema ivm_buckets")
+        conn.execute("create table ivm_buckets.stamps (id int primary key, k text, t timestamptz, v int)")
+        conn.execute("create index on ivm_buckets.stamps (t)")
+        deploy_model(conn.cursor(), model="hourly", relation="ivm_buckets.hourly", sql=BUCKETED)
+    return module_db
+
+
+BUCKETED = """select date_trunc('hour', t) as hour, k, count(*) as n, sum(v) as total, max(v) as top
+from ivm_buckets.stamps
+group by 1, 2"""
+
+
+@settings(max_examples=int(os.environ.get("SENTINEL_IVM_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(["insert", "insert", "delete", "update"]), st.integers(0, 9),
+                              st.sampled_from([None, 0, 59 * 60 + 59, 3600, 3601, 7200, 86400]),
+                              st.sampled_from(["a", "b", None]), st.integers(-5, 5)),
+                    min_size=1, max_size=25))
+@example(ops=[("insert", 0, None, "a", 1), ("insert", 1, None, "a", 2), ("insert", 2, 3600, "a", 3),
+              ("delete", 0, None, None, 0), ("update", 2, 3601, None, 4), ("update", 1, 7200, None, 5)])
+def test_an_aggregate_by_time_bucket_follows_deletes_and_updates(bucketed, ops):
+    models = [("ivm_buckets.hourly", BUCKETED)]
+    with psycopg.connect(bucketed.dsn) as conn:
+        conn.execute("truncate ivm_buckets.stamps, ivm_buckets.hourly")
+        conn.commit()
+        for op, i, s, k, v in ops:
+            t = None if s is None else T0 + timedelta(seconds=s)
+            if op == "insert":
+                conn.execute("insert into ivm_buckets.stamps values (%s, %s, %s, %s) on conflict do nothing", (i, k, t, v))
+            elif op == "delete":
+                conn.execute("delete from ivm_buckets.stamps where id = %s", (i,))
+            else:
+                conn.execute("update ivm_buckets.stamps set t = %s, v = %s where id = %s", (t, v, i))
+            conn.commit()
+            assert maintained.mismatches(conn, models) == {}, (op, i, s, k, v)
 
 
 def test_redeploy_drops_the_per_model_watermarks_of_earlier_builds(deployed):

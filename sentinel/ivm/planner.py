@@ -18,7 +18,7 @@ from sqlglot import exp
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 
 DIALECT = "postgres"
-PLAN_VERSION = "21"
+PLAN_VERSION = "22"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -155,11 +155,48 @@ class Plan:
         tree = self._tree.copy()
         ctes = _pop_ctes(tree)
         gexprs: list[exp.Expression] = self._info["group_exprs"]
+        narrowed = self._bucket_rows(tree, ctes, relation)
         cond = " and ".join(_eq_hash(f"{P}g.{P}g{i}", f"({e.sql(DIALECT)})") for i, e in enumerate(gexprs))
         tree.where(f"exists (select from {P}g where {cond})", dialect=DIALECT, copy=False)
-        body = ",\n".join([touched_cte] + [c.sql(DIALECT) for c in ctes])
+        head = [touched_cte]
+        if narrowed:
+            head.append(narrowed)
+            for node in [*(c.this for c in ctes), tree]:
+                _replace_inputs(node, relation, f"{P}in", set())
+        body = ",\n".join(head + [c.sql(DIALECT) for c in ctes])
         insert = f"with {body}\ninsert into {_q(self.relation)} ({_cols(self.columns)})\n{tree.sql(DIALECT)}"
         return [delete, insert]
+
+
+    def _bucket_rows(self, tree: exp.Select, ctes: list[exp.CTE], relation: str) -> str | None:
+        """A CTE `__ivm_in` of the input's rows in the touched groups' time buckets, when a group
+        key is `date_trunc('<unit>', c)` of an input column c: each bucket's rows found by a range
+        of c (which an index on c serves), so that recomputing the groups reads their rows, not
+        the whole input. A superset of the groups' rows (the exact match stays on the model's
+        select); a null bucket's rows by `c is null`. None for any other shape."""
+        chain = input_chain({c.alias: c.this for c in ctes}, tree, relation)
+        if chain is None:
+            return None
+        for i, g in enumerate(self._info["group_exprs"]):
+            e = _substitute(g, chain[0])
+            if not (isinstance(e, exp.TimestampTrunc) and isinstance(e.this, exp.Column)
+                    and isinstance(e.args.get("unit"), exp.Var)):
+                continue
+            width = _BUCKET_WIDTHS.get(e.args["unit"].name.lower())
+            if width is None:
+                continue
+            # one range scan per distinct bucket (disjoint: no row twice); a semi-join on a range
+            # is not served by an index (the planner unique-ifies only on equalities)
+            c, gk, src = f"{P}i.{_qi(e.this.name)}", f"{P}g{i}", f"select * from {_q(relation)} as {P}i"
+            return (f"{P}in as (select {P}i.* from (select distinct {gk} as {P}v from {P}g where {gk} is not null) as {P}b "
+                    f"cross join lateral ({src} where {c} >= {P}b.{P}v and {c} < {P}b.{P}v + interval '{width}' offset 0) as {P}i"
+                    f"\nunion all {src} where {c} is null and exists (select from {P}g where {gk} is null))")
+        return None
+
+
+# date_trunc units whose bucket [v, v + width) holds exactly the values truncated to v
+_BUCKET_WIDTHS = {"second": "1 second", "minute": "1 minute", "hour": "1 hour", "day": "1 day",
+                  "week": "1 week", "month": "1 month", "quarter": "3 months", "year": "1 year"}
 
 
 class _WindowSql:
