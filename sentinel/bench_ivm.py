@@ -194,7 +194,7 @@ def shifted_batch(dsn: str, rows: int, repeats: int = 2) -> dict:
     changes)."""
     took: dict[str, list[float]] = {"in_order": [], "older_than_history": []}
     with psycopg.connect(dsn) as conn:
-        conn.execute("create temp table bench_shifted on commit preserve rows as select * from fraud.transactions "
+        conn.execute("create temp table bench_shifted as select * from fraud.transactions "
                      f"order by event_time desc limit {int(rows)}")
         lo, hi, first, last = conn.execute(
             "select (select min(event_time) from fraud.transactions), (select max(event_time) from fraud.transactions), "

@@ -167,7 +167,6 @@ class Plan:
         insert = f"with {body}\ninsert into {_q(self.relation)} ({_cols(self.columns)})\n{tree.sql(DIALECT)}"
         return [delete, insert]
 
-
     def _bucket_rows(self, tree: exp.Select, ctes: list[exp.CTE], relation: str) -> str | None:
         """A CTE `__ivm_in` of the input's rows in the touched groups' time buckets, when a group
         key is `date_trunc('<unit>', c)` of an input column c: each bucket's rows found by a range
@@ -244,8 +243,9 @@ class _WindowSql:
         self.out_keys = info["out_keys"]
         self.out_t = info["out_order"]
         self.lbs: list[Lookback] = info["lookbacks"]
-        # whether a key's recomputation stops where its new rows' influence ends (`_until`)
-        self.bounded = self._until("null") is not None
+        # whether a key's recomputation stops where its new rows' influence ends (`_until`): not
+        # for a first row per key, `row_number()` or an unbounded frame
+        self.bounded = not (self.top1 or any(x.unbounded for x in self.lbs))
         # Session temp tables (one set per model and column layout): the affected keys, the
         # recomputed rows from each key's t0 on, and the model's current rows there.
         self.k_tab, self.f_tab, self.o_tab = (_temp_table(x, p.fingerprint, *p.columns) for x in "kfo")
@@ -294,9 +294,7 @@ class _WindowSql:
         can change: its own and its peers', and those of the rows whose frames reach back to it
         (the next `rows` rows, `interval` later). None: the outputs of all later rows (an unbounded
         frame, `row_number()`, a first row per key)."""
-        if self.top1 or any(x.unbounded for x in self.lbs):
-            return None
-        return self._reach(base, before=False)
+        return self._reach(base, before=False) if self.bounded else None
 
     def _reach(self, base: str, *, before: bool) -> str:
         """How far the windows reach from `base`: back, the earliest input the outputs from `base`
