@@ -18,7 +18,7 @@ from sqlglot import exp
 from sentinel.ivm.buckets import LOCK_CLASS, bucket_sql
 
 DIALECT = "postgres"
-PLAN_VERSION = "22"
+PLAN_VERSION = "23"
 
 # Names the generated SQL introduces; a model's own names never start with this prefix.
 P = "__ivm_"
@@ -142,7 +142,8 @@ class Plan:
         Groups are matched null-safely in forms the planner serves without comparing every pair
         (`is not distinct from` is neither indexable nor hashable: a nested loop over the whole
         table per touched group, ~3 s at 137,000 groups): the table's rows through its group-key
-        index, one lookup per touched group; the inputs in one hashed semi-join."""
+        index, one lookup per touched group; the inputs' rows narrowed to the touched groups by one
+        group key where its shape allows (`_touched_rows`), matched exactly in one hashed semi-join."""
         dq = _derive(self._tree, relation, delta)
         gk = self.group_keys
         gsel = ", ".join(f"x.{_qi(c)} as {P}g{i}" for i, c in enumerate(gk))
@@ -155,7 +156,7 @@ class Plan:
         tree = self._tree.copy()
         ctes = _pop_ctes(tree)
         gexprs: list[exp.Expression] = self._info["group_exprs"]
-        narrowed = self._bucket_rows(tree, ctes, relation)
+        narrowed = self._touched_rows(tree, ctes, relation)
         cond = " and ".join(_eq_hash(f"{P}g.{P}g{i}", f"({e.sql(DIALECT)})") for i, e in enumerate(gexprs))
         tree.where(f"exists (select from {P}g where {cond})", dialect=DIALECT, copy=False)
         head = [touched_cte]
@@ -167,17 +168,22 @@ class Plan:
         insert = f"with {body}\ninsert into {_q(self.relation)} ({_cols(self.columns)})\n{tree.sql(DIALECT)}"
         return [delete, insert]
 
-    def _bucket_rows(self, tree: exp.Select, ctes: list[exp.CTE], relation: str) -> str | None:
-        """A CTE `__ivm_in` of the input's rows in the touched groups' time buckets, when a group
-        key is `date_trunc('<unit>', c)` of an input column c: each bucket's rows found by a range
-        of c (which an index on c serves), so that recomputing the groups reads their rows, not
-        the whole input. A superset of the groups' rows (the exact match stays on the model's
-        select); a null bucket's rows by `c is null`. None for any other shape."""
+    def _touched_rows(self, tree: exp.Select, ctes: list[exp.CTE], relation: str) -> str | None:
+        """A CTE `__ivm_in` of the input's rows in the touched groups, narrowed by one group key, so
+        that recomputing the groups reads their rows, not the whole input. A superset of the groups'
+        rows (the exact match stays on the model's select); a null key's rows by `c is null`.
+        - a key `date_trunc('<unit>', c)` of an input column c (preferred: a time index): each
+          touched bucket's rows by a range of c;
+        - else a key that is an input column c: the rows whose c is a touched value, a semi-join
+          that the planner serves with an index on c (one lookup a value) or, without one, with
+          one hashed pass, as before.
+        None for any other shape."""
         chain = input_chain({c.alias: c.this for c in ctes}, tree, relation)
         if chain is None:
             return None
-        for i, g in enumerate(self._info["group_exprs"]):
-            e = _substitute(g, chain[0])
+        src = f"select {P}i.* from {_q(relation)} as {P}i"
+        keys = [(f"{P}g{i}", _substitute(g, chain[0])) for i, g in enumerate(self._info["group_exprs"])]
+        for gk, e in keys:
             if not (isinstance(e, exp.TimestampTrunc) and isinstance(e.this, exp.Column)
                     and isinstance(e.args.get("unit"), exp.Var)):
                 continue
@@ -186,10 +192,15 @@ class Plan:
                 continue
             # one range scan per distinct bucket (disjoint: no row twice); a semi-join on a range
             # is not served by an index (the planner unique-ifies only on equalities)
-            c, gk, src = f"{P}i.{_qi(e.this.name)}", f"{P}g{i}", f"select * from {_q(relation)} as {P}i"
+            c = f"{P}i.{_qi(e.this.name)}"
             return (f"{P}in as (select {P}i.* from (select distinct {gk} as {P}v from {P}g where {gk} is not null) as {P}b "
                     f"cross join lateral ({src} where {c} >= {P}b.{P}v and {c} < {P}b.{P}v + interval '{width}' offset 0) as {P}i"
                     f"\nunion all {src} where {c} is null and exists (select from {P}g where {gk} is null))")
+        for gk, e in keys:
+            if isinstance(e, exp.Column):
+                c = f"{P}i.{_qi(e.name)}"
+                return (f"{P}in as ({src} where {c} in (select {gk} from {P}g)"
+                        f"\nunion all {src} where {c} is null and exists (select from {P}g where {gk} is null))")
         return None
 
 
