@@ -75,7 +75,7 @@ def parallel_baseline(dsn: str, rows: list[tuple], connections: int) -> float:
     return len(rows) / took
 
 
-def stream(seed: int, count: int, cards: int, after: datetime | None = None) -> Iterator[list]:
+def stream(seed: int, count: int | None, cards: int, after: datetime | None = None) -> Iterator[list]:
     """What `sentinel load` sends: the generator's lists of rows, normal purchases as COPY lines."""
     return generate_batches(GeneratorConfig(seed=seed, count=count, cards=cards,
                                             start=after + timedelta(seconds=1) if after is not None else None))
@@ -212,6 +212,51 @@ def shifted_batch(dsn: str, rows: int, repeats: int = 2) -> dict:
     return {f"batch_ms_{k}_single": round(1000 * min(v), 1) for k, v in took.items()}
 
 
+def redeploy_under_load(dsn: str, batches: Iterator[list], *, batch: int, writers: int,
+                        relation: str = "fraud_intermediate.int_flags__velocity") -> dict:
+    """A changed model (its SQL with a comment added: a full backfill, the same content) redeployed
+    while the loader writes, first online and then under the lock alone: the seconds from asking
+    for the deploy's lock to its commit (an upper bound of the writers' wait), and the deploy's."""
+    from sentinel.ivm import deploy_model
+
+    with psycopg.connect(dsn) as conn:
+        model, model_sql, shape, loc = conn.execute(
+            "select model, sql, shape, locator from sentinel_ivm.models where relation = %s", (relation,)).fetchone()
+    stop = threading.Event()
+
+    def feed() -> Iterator[list]:
+        for b in batches:
+            if stop.is_set():
+                return
+            yield b
+
+    out: dict = {"redeploy_relation": relation}
+    loader = threading.Thread(target=ingest, args=(dsn, feed()), kwargs={"batch": batch, "writers": writers})
+    loader.start()
+    try:
+        time.sleep(2)
+        for kind, connect in (("online", lambda: psycopg.connect(dsn)), ("locked", None)):
+            marks: dict[str, float] = {}
+            with psycopg.connect(dsn) as conn:
+                t0 = time.perf_counter()
+                res = deploy_model(conn.cursor(), model=model, relation=relation, sql=f"/* {kind} redeploy */\n{model_sql}",
+                                   unique_key=loc if shape == "linear" else None, connect=connect,
+                                   on_step=lambda step: marks.setdefault(step, time.perf_counter()))
+                conn.commit()
+                t1 = time.perf_counter()
+            out[f"redeploy_{kind}_s"] = round(t1 - t0, 2)
+            out[f"redeploy_{kind}_lock_s"] = round(t1 - marks.get("switch", t0), 2)
+            if res.online is not None:
+                out.update(redeploy_online_backfill_s=round(res.online.backfill_s, 2),
+                           redeploy_online_rounds=res.online.rounds,
+                           redeploy_online_round_s=[round(x, 2) for x in res.online.round_s])
+            time.sleep(2)
+    finally:
+        stop.set()
+        loader.join()
+    return out
+
+
 def latest_event(dsn: str):
     with psycopg.connect(dsn) as conn:
         return conn.execute("select max(event_time) from fraud.transactions").fetchone()[0]
@@ -283,7 +328,7 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # One stream: the timed rows continue the history's cards (a seed has its own cards),
             # so each card's windows and first uses meet its own past, as in production.
             console.print(f"loading {args.history:,} rows of history ...")
-            rows = stream(3, args.history + 3 * args.rows, args.cards, after=latest_event(dsn))
+            rows = stream(3, None, args.cards, after=latest_event(dsn))  # as long as the phases below take
             ingest(dsn, head(rows, args.history), batch=args.batch, writers=args.writers)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
@@ -309,6 +354,13 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
                            batch_ms_mean_late=round(late_batch_ms, 1), late_share=0.01, late_by_rows=late_by)
             console.print(f"with 1 % of the rows {late_by:,} rows late: {late_rate:,.0f} rows/s "
                           f"({figures['late_vs_steady']}x in order)")
+            # A detection engineer's `dbt run` of a changed model while the loader writes.
+            rd = redeploy_under_load(dsn, rows, batch=args.batch, writers=args.writers)
+            figures.update(rd)
+            console.print(f"redeploy of {rd['redeploy_relation']} under load: online {rd['redeploy_online_s']} s, "
+                          f"the lock held {rd['redeploy_online_lock_s']} s (backfill {rd['redeploy_online_backfill_s']} s, "
+                          f"then {' + '.join(map(str, rd['redeploy_online_rounds']))} captured changes); under the lock "
+                          f"alone {rd['redeploy_locked_s']} s")
             # One batch of the cards' own rows older than all their history, against the same batch
             # in order: what a late row costs at its worst, as the history grows.
             sb = shifted_batch(dsn, args.batch)

@@ -61,6 +61,9 @@ def test_bench_produces_every_figure(tmp_path):
         assert part in figures and "error" not in figures[part], figures.get(part)
     assert figures["quality"]["rules"] and figures["quality"]["patterns"]
     assert figures["ivm"]["batch_ms_older_than_history_single"] > 0 and figures["ivm"]["batch_ms_in_order_single"] > 0
+    ivm = figures["ivm"]
+    assert 0 < ivm["redeploy_online_lock_s"] <= ivm["redeploy_online_s"] and ivm["redeploy_locked_s"] > 0, ivm
+    assert ivm["redeploy_online_rounds"], ivm  # at least the last changes, under the lock
     assert figures["machine"]["cpus"] >= 1
 
 

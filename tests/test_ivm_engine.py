@@ -368,6 +368,114 @@ def test_an_aggregates_delete_recompute_reads_the_touched_groups_rows_through_th
     assert any(n.get("Index Name") == index or index in str(n.get("Plans", "")) for n in reads), reads
     assert 0 < fetched < 200, fetched
 
+
+def _step_rows(step: int) -> list[tuple]:
+    """Rows a writer commits at one step of an online deploy: new and late, ties, coordinates
+    that make and move flags (so that flag models delete rows too)."""
+    import random
+
+    rnd = random.Random(step)
+    return [(f"s{step}-{j}", rnd.choice(CARDS), rnd.choice(["grocery", "atm", None]), rnd.choice(AMOUNTS),
+             *(rnd.choice(COORDS) or (None, None)), T0 + timedelta(seconds=rnd.choice([0, 30, 59, 60, 61, 90, 120])))
+            for j in range(12)]
+
+
+@pytest.mark.parametrize("name", ["velocity", "first_use", "spike", "minutely", "flagged", "flagged_by_rule"])
+def test_an_online_redeploy_applies_every_change_written_while_it_builds(deployed, monkeypatch, name):
+    """Redeployed online, a model's new content is built beside the live one while a writer goes
+    on: rows committed before the backfill's snapshot (captured, and in the backfill), after it
+    (applied by a catch-up round) and just before the switch (applied under the lock). Each is
+    applied exactly once: every model equals its full evaluation afterwards, whatever shape (a
+    window group member, a first row per key, an aggregate over the source, a union of flag
+    models and an aggregate over it, whose inputs also delete rows), and nothing of the online
+    deploy is left behind."""
+    from sentinel.ivm import online
+
+    monkeypatch.setattr(online, "ROUND_ROWS", 0)  # a round for any pending change
+    reset(deployed.dsn)
+    model, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == name)
+    steps: list[str] = []
+
+    def write(step: str) -> None:
+        steps.append(step)
+        with psycopg.connect(deployed.loader_dsn) as w:
+            insert(w, _step_rows(len(steps)))
+
+    with psycopg.connect(deployed.dsn) as conn:
+        insert(conn, _step_rows(0))
+        conn.commit()
+        result = deploy_model(conn.cursor(), model=model, relation=rel, sql="/* online */\n" + sql, unique_key=key,
+                              connect=lambda: psycopg.connect(deployed.dsn), on_step=write)
+        conn.commit()
+        assert steps[:4] == ["captured", "snapshot", "backfilled", "catch-up round 1"] and steps[-1] == "switch", steps
+        assert result.online is not None and len(result.online.rounds) >= 2 and all(result.online.rounds), result.online
+        assert mismatches(conn, deployed.dbname) == {}
+        assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == 12 * len(steps) + 12
+        assert _online_leftovers(conn) == (0, 0)
+        deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key)  # as it was
+        conn.commit()
+
+
+def _online_leftovers(conn: psycopg.Connection) -> tuple[int, int]:
+    return conn.execute("select (select count(*) from pg_trigger where tgname like 'ivm\\_cap\\_%%'), "
+                        "(select count(*) from pg_tables where schemaname = 'sentinel_ivm' "
+                        "and (tablename like 'cap\\_%%' or tablename like 'stage%%'))").fetchone()
+
+
+def _assert_clean_and_maintained(conn: psycopg.Connection, dbname: str) -> None:
+    """No capture trigger or table of an online deploy is left, and the models follow new rows."""
+    assert _online_leftovers(conn) == (0, 0)
+    insert(conn, _step_rows(99))
+    conn.commit()
+    assert mismatches(conn, dbname) == {}
+
+
+@pytest.mark.parametrize("fault", ["backfill", "switch"])
+def test_a_failed_online_redeploy_leaves_the_model_and_no_capture_behind(deployed, monkeypatch, fault):
+    """An online deploy that fails while it builds (here: its unique_key is not an output column,
+    a clear error) or at the switch (a fault injected as the new triggers go in) removes its
+    capture triggers and tables (at the switch, after rolling its transaction back, on another
+    connection); the model stays as it was, maintained."""
+    from sentinel.ivm import install
+
+    reset(deployed.dsn)
+    model, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == "high_value")
+    if fault == "switch":
+        def broken(*_a, **_k):
+            raise RuntimeError("injected fault")
+
+        monkeypatch.setattr(install, "_install_triggers", broken)
+    with psycopg.connect(deployed.dsn) as conn:
+        insert(conn, _step_rows(0))
+        conn.commit()
+        with pytest.raises(IvmUnsupported if fault == "backfill" else RuntimeError,
+                           match="unique_key column 'nope'" if fault == "backfill" else "injected"):
+            deploy_model(conn.cursor(), model=model, relation=rel, sql="/* failing */\n" + sql,
+                         unique_key=["nope"] if fault == "backfill" else key,
+                         connect=lambda: psycopg.connect(deployed.dsn))
+        conn.rollback()
+        _assert_clean_and_maintained(conn, deployed.dbname)
+
+
+def test_a_killed_online_deploys_capture_goes_with_the_next_deploy_of_its_model(deployed):
+    """A deploy killed between its backfill and its switch leaves capture triggers that would
+    copy every write forever; the next `dbt run` (the model unchanged, so nothing else to do)
+    finds them with no deploy holding the model's deploy lock, and drops them."""
+    from sentinel.ivm import online
+    from sentinel.ivm.planner import plan
+
+    reset(deployed.dsn)
+    model, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == "velocity")
+    st = online.backfill(lambda: psycopg.connect(deployed.dsn), plan(sql, model=model, relation=rel, unique_key=key),
+                         sql=sql, model=model, unique_key=key)
+    st.conn.close()  # killed: no switch
+    with psycopg.connect(deployed.dsn) as conn:
+        assert _online_leftovers(conn)[0] > 0
+        assert deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key).action == "unchanged"
+        conn.commit()
+        _assert_clean_and_maintained(conn, deployed.dbname)
+
+
 def test_redeploy_drops_the_per_model_watermarks_of_earlier_builds(deployed):
     """Builds before plan version 13 kept a watermark table per window model; a model redeployed
     by this build (its fingerprint changed with the plan version) leaves none behind."""

@@ -50,9 +50,19 @@ class SentinelAdapter(PostgresAdapter):
             self.connections.begin()
         keys = [unique_key] if isinstance(unique_key, str) else list(unique_key or [])
         rel = f"{relation.schema}.{relation.identifier}"
+        creds = conn.credentials
+
+        def connect() -> Any:
+            """A connection of the deploy's own for the online backfill (the same role and database)."""
+            import psycopg
+
+            return psycopg.connect(host=creds.host, port=creds.port, user=creds.user, password=creds.password,
+                                   dbname=creds.database, sslmode=creds.sslmode or "prefer",
+                                   application_name="sentinel dbt online backfill", connect_timeout=30)
+
         try:
             with conn.handle.cursor() as cur:
-                result = deploy_model(cur, model=model, relation=rel, sql=sql, unique_key=keys)
+                result = deploy_model(cur, model=model, relation=rel, sql=sql, unique_key=keys, connect=connect)
         except IvmUnsupported as e:
             raise DbtRuntimeError(str(e)) from None
         return result.message()

@@ -2,18 +2,25 @@
 
 Runs inside the caller's transaction (dbt's), on any DB-API cursor with `%s` parameters. Input
 writers are held by a SHARE ROW EXCLUSIVE lock on the source tables upstream of the model while
-the new content is computed, so a redeploy under load loses nothing and counts nothing twice.
+the new content is put in place, so a redeploy under load loses nothing and counts nothing twice;
+with `connect`, the content is built online beforehand (`online.py`) and the lock holds writers
+only for the switch.
 """
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.ivm import group
+from sentinel.ivm import group, online
 from sentinel.ivm.planner import Branch, IvmUnsupported, P, Plan, Step, _cols, _q, _qi, multiset_diff, plan
 
 EVENTS = {"insert": "i", "delete": "d", "update": "u"}
+# a statement trigger's transition tables, by event
+TRANSITION_TABLES = {"insert": f"new table as {P}new", "delete": f"old table as {P}old",
+                     "update": f"old table as {P}old new table as {P}new"}
 # An aggregate's rows are updated in place on every batch: room on each page keeps the updates
 # HOT (no new index entries); measured about 25% cheaper for card_activity than full pages.
 AGGREGATE_FILLFACTOR = 60
@@ -28,19 +35,34 @@ class DeployResult:
     action: str  # unchanged | created | recreated | diffed
     inserted: int = 0
     deleted: int = 0
+    online: online.Staged | None = None  # built online: its backfill and catch-up rounds
 
     def message(self) -> str:
+        msg = f"{self.action} {self.shape}"
         if self.action == "diffed":
-            return f"{self.action} {self.shape} (+{self.inserted} -{self.deleted})"
-        return f"{self.action} {self.shape}"
+            msg += f" (+{self.inserted} -{self.deleted})"
+        if self.online is not None:
+            msg += (f"; online: backfill {self.online.backfill_s:.1f} s, then "
+                    f"{' + '.join(str(n) for n in self.online.rounds)} captured changes, the last under the lock")
+        return msg
 
 
 def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: list[str] | None = None,
-                 force: bool = False) -> DeployResult:
-    """Create or update a maintained model so that it equals its SQL and stays so."""
+                 force: bool = False, connect: Callable[[], Any] | None = None,
+                 on_step: Callable[[str], None] = lambda _msg: None) -> DeployResult:
+    """Create or update a maintained model so that it equals its SQL and stays so.
+
+    With `connect` (new connections to the same database, as the same role), the new content is
+    built online (`online.py`): writers are held only while the last captured changes are applied
+    and the tables switched, not for the model's whole evaluation (`on_step` hears its steps). Without
+    it, for a model that joins inputs, or when this transaction has written to an input (the online
+    steps would wait for it), it is computed under the lock. A failed online deploy rolls this
+    transaction back before removing its capture triggers."""
     p = plan(sql, model=model, relation=relation, unique_key=unique_key)
     reg = _registry(cur, relation)
     kind = _relkind(cur, relation)
+    if online.stale(cur, relation):
+        online.cleanup(cur, relation)  # a killed online deploy's capture: it would cost writers forever
     if (not force and reg and reg["fingerprint"] == p.fingerprint and kind == "r"
             and _triggers_present(cur, p)):
         return DeployResult(relation, p.shape, "unchanged")
@@ -61,26 +83,52 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
                         model, f"a join of {joined[i]} and {joined[j]}, which change in the same statement "
                         f"(both derive from {', '.join(sorted(shared[i] & shared[j]))})",
                         "carry the columns through the upstream model instead of joining back")
+    staged = None
+    if connect is not None and not p.joined and not _writes_held(cur, p.inputs):
+        staged = online.backfill(connect, p, sql=sql, model=model, unique_key=unique_key, on_step=on_step)
+    try:
+        result = _switch(cur, p, sql=sql, reg=reg, kind=kind, roots=roots, staged=staged, on_step=on_step)
+    except BaseException:
+        if staged is not None:
+            # this transaction's locks go first: the capture triggers are dropped on another connection
+            cur.connection.rollback()
+            online.abandon(staged)
+        raise
+    if staged is not None:
+        # releases the model's deploy lock; a deploy that starts before the caller commits the
+        # switch waits for it at the capture triggers it would drop
+        staged.conn.close()
+        result.online = staged
+    return result
+
+
+def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, roots: list[str],
+            staged: online.Staged | None, on_step: Callable[[str], None]) -> DeployResult:
+    """Under the lock: the new content (computed, or the staged one caught up), the table, the triggers."""
+    model, relation = p.model, p.relation
+    if staged is not None:
+        on_step("switch")
     # Hold writers: upstream sources first (sorted, one order for everyone), then the global lock.
     for rel in sorted(set(roots) | set(p.inputs)):
         cur.execute(f"lock table {_q(rel)} in share row exclusive mode")
     cur.execute("select sentinel_ivm.lock_all()")
     if reg:
         _drop_triggers(cur, relation, reg["inputs"])
-    tmp = f"{P}next"
-    cur.execute(f"drop table if exists pg_temp.{tmp}")
-    cur.execute(f"create temp table {tmp} on commit drop as {p._tree.sql('postgres')}")
+    if staged is not None:
+        t = time.perf_counter()
+        staged.rounds.append(online.catch_up(cur, staged))
+        staged.round_s.append(time.perf_counter() - t)
+        tmp = staged.stage
+    else:
+        tmp = f"pg_temp.{P}next"
+        cur.execute(f"drop table if exists {tmp}")
+        cur.execute(f"create temp table {tmp.removeprefix('pg_temp.')} on commit drop as {p._tree.sql('postgres')}")
     cur.execute(
         "select attname, format_type(atttypid, atttypmod) from pg_attribute "
         "where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum",
-        (f"pg_temp.{tmp}",))
+        (tmp,))
     new_cols = [(r[0], r[1]) for r in cur.fetchall()]
-    if len({c for c, _ in new_cols}) != len(new_cols):
-        raise IvmUnsupported(model, "duplicate output column names")
-    p.columns = [c for c, _ in new_cols]
-    for c in p.locator:
-        if c not in p.columns:
-            raise IvmUnsupported(model, f"unique_key column {c!r} is not an output column")
+    p.columns = output_columns(model, new_cols, p.locator)
     old_cols = _columns(cur, relation) if kind == "r" else None
     result = DeployResult(relation, p.shape, "created")
     dependents: list[dict] = []
@@ -98,9 +146,12 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
         cols_ddl = ", ".join(f"{_qi(c)} {t}" for c, t in new_cols)
         storage = f" with (fillfactor = {AGGREGATE_FILLFACTOR})" if p.shape == "aggregate" else ""
         cur.execute(f"create table {_q(relation)} ({cols_ddl}){storage}")
-        cur.execute(f"insert into {_q(relation)} select * from pg_temp.{tmp}")
+        cur.execute(f"insert into {_q(relation)} select * from {tmp}")
         result.inserted = cur.rowcount
-    cur.execute(f"drop table pg_temp.{tmp}")
+    if staged is not None:
+        online.cleanup(cur, relation)
+    else:
+        cur.execute(f"drop table {tmp}")
     if p.shape == "aggregate" and result.action == "diffed":
         cur.execute(f"alter table {_q(relation)} set (fillfactor = {AGGREGATE_FILLFACTOR})")
     _ensure_indexes(cur, p)
@@ -133,6 +184,25 @@ def drop_model(cur: Any, relation: str) -> None:
 
 
 # ----- pieces -----------------------------------------------------------------------------
+
+def output_columns(model: str, cols: list[tuple[str, str]], locator: list[str]) -> list[str]:
+    """The model's output column names, checked: distinct, and holding its unique_key."""
+    names = [c for c, _ in cols]
+    if len(set(names)) != len(names):
+        raise IvmUnsupported(model, "duplicate output column names")
+    for c in locator:
+        if c not in names:
+            raise IvmUnsupported(model, f"unique_key column {c!r} is not an output column")
+    return names
+
+
+def _writes_held(cur: Any, inputs: list[str]) -> bool:
+    """Whether this transaction holds a lock on an input that a writer's lock conflicts with (it
+    wrote to it): another connection's lock on the input would wait for this transaction."""
+    cur.execute("select exists (select from pg_locks where pid = pg_backend_pid() and locktype = 'relation' "
+                "and relation = any(%s::regclass[]) and mode <> 'AccessShareLock')", ([_q(r) for r in inputs],))
+    return bool(cur.fetchone()[0])
+
 
 def _registry(cur: Any, relation: str) -> dict | None:
     cur.execute("select to_regclass('sentinel_ivm.models') is not null")
@@ -177,8 +247,7 @@ def _roots(cur: Any, inputs: list[str]) -> list[str]:
 
 def _apply_diff(cur: Any, relation: str, cols: list[str], tmp: str) -> tuple[int, int]:
     """Make the table equal the new content with the fewest row changes (multiset difference)."""
-    delete, insert = multiset_diff(relation, cols, f"select ctid as {P}ctid, * from {_q(relation)}",
-                                   f"table pg_temp.{tmp}")
+    delete, insert = multiset_diff(relation, cols, f"select ctid as {P}ctid, * from {_q(relation)}", f"table {tmp}")
     cur.execute(delete)
     deleted = cur.rowcount
     cur.execute(insert)
@@ -250,8 +319,7 @@ def _statement_trigger(cur: Any, rel: str, event: str, name: str, fn: str, steps
         f"    if not exists (select from {check}) then return null; end if;\n"
         f"    perform sentinel_ivm.{lock}();\n{_plpgsql(steps)}\n    return null;\nend\n$ivm$")
     cur.execute(f"revoke all on function {fn}() from public")
-    refs = {"insert": f"new table as {P}new", "delete": f"old table as {P}old",
-            "update": f"old table as {P}old new table as {P}new"}[event]
+    refs = TRANSITION_TABLES[event]
     cur.execute(f"drop trigger if exists {_qi(name)} on {_q(rel)}")
     cur.execute(f"create trigger {_qi(name)} after {event} on {_q(rel)} referencing {refs} "
                 f"for each statement execute function {fn}()")

@@ -81,10 +81,11 @@ class Plan:
     _tree: exp.Expression | None = None
     _info: dict = field(default_factory=dict)
 
-    def statements(self, relation: str, event: str) -> list[Step]:
+    def statements(self, relation: str, event: str, *, locks: bool = True) -> list[Step]:
         """SQL a trigger on `relation` runs for `event` ('insert'|'delete'|'update'), in order.
 
-        The transition tables are visible as `__ivm_new` and `__ivm_old`.
+        The transition tables are visible as `__ivm_new` and `__ivm_old`. `locks=False`: without
+        the key-bucket locks (for a table no trigger maintains: an online deploy's staging table).
         """
         if self.shape == "linear":
             if event == "insert":
@@ -93,7 +94,8 @@ class Plan:
                 return [self._linear_delete(relation, f"{P}old")]
             return [self._linear_delete(relation, f"{P}old"), self._linear_insert(relation, f"{P}new")]
         if self.shape == "window":
-            return self._window_recompute(relation, _delta_name(event))
+            steps = self._window_recompute(relation, _delta_name(event))
+            return steps if locks else steps[1:]
         if self.shape == "aggregate":
             if event == "insert":
                 return [self._aggregate_merge(relation, f"{P}new")]

@@ -1,0 +1,284 @@
+"""Online backfill: a changed model's new content computed while writers go on, then caught up.
+
+Computed under the deploy's lock, the new content of a model over 10M rows of history would hold
+every writer (and so every alert) for as long as the model's full evaluation takes: seconds per
+model at 1M rows, tens at 10M. Instead, as PostgreSQL's CREATE INDEX CONCURRENTLY does, the
+deploy (`install.deploy_model` with `connect`) builds it beside the live model on a connection of
+its own:
+
+1. **Capture.** Statement triggers on each of the model's inputs copy every inserted and deleted
+   row, with the writer's transaction id, into a capture table (`sentinel_ivm.cap_<tag>_<n>`).
+   Installing them waits for the writers in flight (a SHARE ROW EXCLUSIVE lock, released at once):
+   every later change of an input is captured.
+2. **Backfill.** In one REPEATABLE READ transaction, the model's SQL over its inputs as of that
+   transaction's snapshot S fills a staging table (`sentinel_ivm.stage_<tag>`), indexed as the
+   model is. Writers go on meanwhile; the live model stays maintained by its current triggers.
+3. **Catch-up rounds.** While many captured changes are not visible in S, a new REPEATABLE READ
+   transaction (snapshot S') applies those visible in S' and not in S to the staging table, with
+   the model's own maintenance SQL run against it (the changes as its transition tables), and S'
+   becomes S.
+4. **Switch** (`install.deploy_model`, under the deploy's usual lock, which now holds writers only
+   this long): the last captured changes not visible in S are applied, the live table is made
+   equal to the staging table (only the rows that differ change, so downstream models and the
+   alert change log see exactly the change), the new triggers replace the old, and the capture
+   triggers, capture tables and staging table go.
+
+A change is applied exactly once: a writer's changes are in the backfill (or a round) exactly
+when its transaction is visible in that round's snapshot (`pg_visible_in_snapshot`), and every
+transaction that wrote an input after the capture triggers were installed is captured. The
+rounds' maintenance recomputes from the inputs as of their snapshot (windows: the affected keys;
+aggregates: the touched groups, for inserts and deletes alike), so it holds for a batch of many
+writers' changes at once; linear models apply the captured inserts before the captured deletes,
+so that a row inserted and then deleted after S leaves nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentinel.ivm import group
+from sentinel.ivm.planner import Branch, P, Plan, Step, _q, _qi, plan
+
+# catch-up rounds outside the lock while more changes than this are pending, until the pending
+# changes have twice not shrunk (writers as fast as the rounds: the rest is applied under the
+# lock), at most MAX_ROUNDS
+ROUND_ROWS = 2_000
+MAX_ROUNDS = 10
+# how long a step of the online phases waits for a lock before the deploy fails (not forever: the
+# deploy's own transaction could be what it waits for)
+LOCK_TIMEOUT = "5min"
+# pg_advisory_lock(DEPLOY_CLASS, hashtext(relation)), held by an online deploy's own connection
+# from its start to its end: one deploy of a model at a time, and capture triggers found without
+# it held are a killed deploy's
+DEPLOY_CLASS = 724581240
+
+
+def tag(relation: str) -> str:
+    return hashlib.sha1(relation.encode()).hexdigest()[:10]
+
+
+@dataclass
+class Staged:
+    """A model's new content, built beside the live one and current as of `snapshot`."""
+
+    relation: str  # the live model
+    stage: str  # the staging table
+    plan: Plan  # the model's plan with the staging table as its relation
+    caps: list[tuple[str, str]]  # (input, its capture table)
+    snapshot: str  # pg_snapshot (text) the staging table is current to
+    # per input whose window group the model is a member of: the watermark table of a group of the
+    # staging table alone, so that captured appends take the group's in-order path (as the writers'
+    # batches do), not the general one, which is several times slower per row
+    watermarks: dict[str, str] = field(default_factory=dict)
+    rounds: list[int] = field(default_factory=list)  # changes applied per catch-up round (the last: under the lock)
+    round_s: list[float] = field(default_factory=list)  # each round's seconds
+    backfill_s: float = 0.0
+    conn: Any = None  # the deploy's own connection, holding the model's deploy lock until the switch is over
+
+
+def _capture_fn(relation: str, n: int, event: str) -> str:
+    return f"sentinel_ivm.{_qi(f'cap_{tag(relation)}_{n}_{event[0]}')}"
+
+
+def _capture_trigger(relation: str, event: str) -> str:
+    return f"ivm_cap_{tag(relation)}_{event[0]}"
+
+
+def cleanup(cur: Any, relation: str) -> None:
+    """Drop the capture triggers, capture tables and staging table of `relation`'s online deploy
+    (those of an earlier deploy that did not finish, too)."""
+    t = tag(relation)
+    cur.execute("select format('%%I', t.tgname), t.tgrelid::regclass::text, p.oid::regprocedure::text "
+                "from pg_trigger t join pg_proc p on p.oid = t.tgfoid where t.tgname like %s and not t.tgisinternal",
+                (f"ivm\\_cap\\_{t}\\_%",))
+    for name, rel, fn in cur.fetchall():
+        cur.execute(f"drop trigger if exists {name} on {rel}")
+        cur.execute(f"drop function if exists {fn}")
+    cur.execute("select format('%%I.%%I', schemaname, tablename) from pg_tables where schemaname = 'sentinel_ivm' "
+                "and (tablename like %s or tablename like %s or tablename = %s)",
+                (f"cap\\_{t}\\_%", f"stagewm\\_{t}\\_%", f"stage_{t}"))
+    for (table,) in cur.fetchall():
+        cur.execute(f"drop table if exists {table}")
+
+
+def backfill(connect: Callable[[], Any], p: Plan, *, sql: str, model: str, unique_key: list[str] | None,
+             on_step: Callable[[str], None] = lambda _msg: None) -> Staged:
+    """Steps 1-3 on a connection of `connect`'s; the caller switches (step 4) under its lock."""
+    from sentinel.ivm.install import TRANSITION_TABLES, _columns, _ensure_indexes, output_columns
+
+    stage = f"sentinel_ivm.stage_{tag(p.relation)}"
+    conn = connect()
+    conn.autocommit = True  # transactions are begun here, each with its isolation level
+    cur = conn.cursor()
+    try:
+        cur.execute(f"set lock_timeout = '{LOCK_TIMEOUT}'")
+        cur.execute("select pg_advisory_lock(%s, hashtext(%s))", (DEPLOY_CLASS, p.relation))
+        # 1. capture (after what a killed deploy of the model left)
+        cur.execute("begin")
+        cleanup(cur, p.relation)
+        caps = []
+        for n, rel in enumerate(sorted(p.inputs)):
+            cur.execute(f"lock table {_q(rel)} in share row exclusive mode")
+            cap = f"sentinel_ivm.cap_{tag(p.relation)}_{n}"
+            cols = ", ".join(_qi(c) for c, _ in _columns(cur, rel))
+            cur.execute(f'create unlogged table {cap} as select null::"char" as {P}op, null::xid8 as {P}xid, {cols} '
+                        f"from {_q(rel)} limit 0")
+            for event in ("insert", "delete", "update"):
+                rows = {"insert": [("i", f"{P}new")], "delete": [("d", f"{P}old")],
+                        "update": [("d", f"{P}old"), ("i", f"{P}new")]}[event]
+                body = "\n".join(f"    insert into {cap} select '{op}', pg_current_xact_id(), {cols} from {t};"
+                                 for op, t in rows)
+                fn = _capture_fn(p.relation, n, event)
+                cur.execute(f"create function {fn}() returns trigger language plpgsql security definer "
+                            f"set search_path = pg_catalog, pg_temp as $cap$\nbegin\n{body}\n    return null;\nend\n$cap$")
+                cur.execute(f"revoke all on function {fn}() from public")
+                cur.execute(f"create trigger {_qi(_capture_trigger(p.relation, event))} after {event} on {_q(rel)} "
+                            f"referencing {TRANSITION_TABLES[event]} for each statement execute function {fn}()")
+            caps.append((rel, cap))
+        cur.execute("commit")
+        # 2. backfill, as of one snapshot
+        t0 = time.perf_counter()
+        on_step("captured")
+        cur.execute("begin isolation level repeatable read")
+        cur.execute("select pg_current_snapshot()::text")
+        snapshot = cur.fetchone()[0]
+        on_step("snapshot")
+        cur.execute(f"create unlogged table {stage} as {p._tree.sql('postgres')}")
+        sp = plan(sql, model=model, relation=stage, unique_key=unique_key)
+        sp.columns = output_columns(model, _columns(cur, stage), sp.locator)
+        _ensure_indexes(cur, sp)
+        cur.execute(f"analyze {stage}")
+        watermarks = {}
+        for n, (rel, _cap) in enumerate(caps):
+            m = group.member(sp, rel)
+            if m is not None:
+                wm = f"sentinel_ivm.stagewm_{tag(p.relation)}_{n}"
+                cur.execute(f"create unlogged table {wm} as {group.watermark_init(rel, m.key, m.order)}")
+                cur.execute(f"alter table {wm} add primary key (bucket)")
+                watermarks[rel] = wm
+        cur.execute("commit")
+        st = Staged(relation=p.relation, stage=stage, plan=sp, caps=caps, snapshot=snapshot,
+                    watermarks=watermarks, backfill_s=time.perf_counter() - t0, conn=conn)
+        # 3. catch-up rounds while the writers go on
+        on_step("backfilled")
+        least, stalled = None, 0
+        while len(st.rounds) < MAX_ROUNDS:
+            n = pending(cur, st)
+            if n <= ROUND_ROWS:
+                break
+            if least is not None and n >= least:
+                stalled += 1
+                if stalled == 2:
+                    break
+            least = n if least is None else min(least, n)
+            on_step(f"catch-up round {len(st.rounds) + 1}")
+            t = time.perf_counter()
+            cur.execute("begin isolation level repeatable read")
+            cur.execute("select pg_current_snapshot()::text")
+            nxt = cur.fetchone()[0]
+            st.rounds.append(catch_up(cur, st))
+            cur.execute("commit")
+            st.round_s.append(time.perf_counter() - t)
+            st.snapshot = nxt
+        return st
+    except BaseException:
+        try:
+            cur.execute("rollback")
+            cur.execute("begin")
+            cleanup(cur, p.relation)
+            cur.execute("commit")
+        finally:
+            conn.close()
+        raise
+
+
+def abandon(st: Staged) -> None:
+    """After a failed switch (the deploy's transaction rolled back): remove the capture triggers and
+    tables and the staging table on the deploy's own connection, and close it."""
+    try:
+        with st.conn.cursor() as cur:
+            cur.execute("begin")
+            cleanup(cur, st.relation)
+            cur.execute("commit")
+    finally:
+        st.conn.close()
+
+
+def stale(cur: Any, relation: str) -> bool:
+    """Whether a killed online deploy of `relation` left capture triggers (none is running: its
+    deploy lock is free). Taking the lock for this transaction keeps one from starting meanwhile."""
+    cur.execute("select exists (select from pg_trigger where tgname like %s and not tgisinternal)",
+                (f"ivm\\_cap\\_{tag(relation)}\\_%",))
+    if not cur.fetchone()[0]:
+        return False
+    cur.execute("select pg_try_advisory_xact_lock(%s, hashtext(%s))", (DEPLOY_CLASS, relation))
+    return bool(cur.fetchone()[0])
+
+
+def pending(cur: Any, st: Staged) -> int:
+    """Captured changes not yet in the staging table (as far as this statement sees)."""
+    total = 0
+    for _rel, cap in st.caps:
+        cur.execute(f"select count(*) from {cap} where not pg_visible_in_snapshot({P}xid, %s::pg_snapshot)",
+                    (st.snapshot,))
+        total += cur.fetchone()[0]
+    return total
+
+
+def catch_up(cur: Any, st: Staged) -> int:
+    """Apply to the staging table the captured changes its snapshot does not show (those this
+    transaction sees); return how many."""
+    from sentinel.ivm.install import _bytewise_default, _columns
+
+    sp, applied = st.plan, 0
+    for rel, cap in st.caps:
+        cols = ", ".join(_qi(c) for c, _ in _columns(cur, rel))
+        for op, t in (("d", f"{P}old"), ("i", f"{P}new")):
+            cur.execute(f"drop table if exists pg_temp.{t}")
+            cur.execute(f"create temp table {t} on commit drop as select {cols} from {cap} "
+                        f"where {P}op = '{op}' and not pg_visible_in_snapshot({P}xid, %s::pg_snapshot)", (st.snapshot,))
+            applied += cur.rowcount
+            cur.execute(f"analyze pg_temp.{t}")
+        cur.execute(f"select exists (select from pg_temp.{P}old)")
+        if not cur.fetchone()[0]:
+            # appends only (a source): applied as the writers' own batches are
+            if rel in st.watermarks:
+                g = group.Group(rel, [group.member(sp, rel)], _columns(cur, rel), bytewise_default=_bytewise_default(cur))
+                g.wm = st.watermarks[rel]
+                steps = g.statements()[1:]  # not the key-bucket locks: no trigger maintains the staging table
+            else:
+                steps = sp.statements(rel, "insert", locks=False)
+        elif sp.shape == "linear":
+            # inserts first: a row inserted and then deleted since the snapshot leaves nothing
+            steps = sp.statements(rel, "insert") + sp.statements(rel, "delete")
+        else:
+            # windows and aggregates recompute what the changes touch from the inputs as they are
+            both = f"(select * from {P}old union all select * from {P}new)"
+            steps = [_replace(s, f"{P}oldnew", both) for s in sp.statements(rel, "update", locks=False)]
+        run_steps(cur, steps)
+        for t in (f"{P}old", f"{P}new"):
+            cur.execute(f"drop table pg_temp.{t}")
+    return applied
+
+
+def _replace(step: Step, old: str, new: str) -> Step:
+    if isinstance(step, Branch):
+        return Branch(step.test.replace(old, new), [_replace(s, old, new) for s in step.then],
+                      [_replace(s, old, new) for s in step.otherwise])
+    return step.replace(old, new)
+
+
+def run_steps(cur: Any, steps: list[Step]) -> None:
+    """Run trigger-body steps as a trigger function does (`install._plpgsql`), from a client."""
+    for step in steps:
+        if isinstance(step, Branch):
+            cur.execute(step.test)
+            run_steps(cur, step.then if cur.fetchone()[0] else step.otherwise)
+        else:
+            cur.execute(step)
+
+
+__all__ = ["Staged", "abandon", "backfill", "catch_up", "cleanup", "pending", "run_steps", "stale", "tag"]
