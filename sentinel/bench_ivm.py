@@ -249,7 +249,8 @@ def redeploy_under_load(dsn: str, batches: Iterator[list], *, batch: int, writer
             if res.online is not None:
                 out.update(redeploy_online_backfill_s=round(res.online.backfill_s, 2),
                            redeploy_online_rounds=res.online.rounds,
-                           redeploy_online_round_s=[round(x, 2) for x in res.online.round_s])
+                           redeploy_online_round_s=[round(x, 2) for x in res.online.round_s],
+                           redeploy_online_switch_s=res.online.switch_s)
             time.sleep(2)
     finally:
         stop.set()

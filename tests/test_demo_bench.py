@@ -64,6 +64,7 @@ def test_bench_produces_every_figure(tmp_path):
     ivm = figures["ivm"]
     assert 0 < ivm["redeploy_online_lock_s"] <= ivm["redeploy_online_s"] and ivm["redeploy_locked_s"] > 0, ivm
     assert ivm["redeploy_online_rounds"], ivm  # at least the last changes, under the lock
+    assert set(ivm["redeploy_online_switch_s"]) == {"lock wait", "catch-up", "table", "triggers"}, ivm
     assert figures["machine"]["cpus"] >= 1
 
 

@@ -106,18 +106,20 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
             staged: online.Staged | None, on_step: Callable[[str], None]) -> DeployResult:
     """Under the lock: the new content (computed, or the staged one caught up), the table, the triggers."""
     model, relation = p.model, p.relation
+    marks = [("asked", time.perf_counter())]  # the switch's steps, for an online deploy's report
     if staged is not None:
         on_step("switch")
     # Hold writers: upstream sources first (sorted, one order for everyone), then the global lock.
     for rel in sorted(set(roots) | set(p.inputs)):
         cur.execute(f"lock table {_q(rel)} in share row exclusive mode")
     cur.execute("select sentinel_ivm.lock_all()")
+    marks.append(("lock wait", time.perf_counter()))
     if reg:
         _drop_triggers(cur, relation, reg["inputs"])
     if staged is not None:
-        t = time.perf_counter()
         staged.rounds.append(online.catch_up(cur, staged))
-        staged.round_s.append(time.perf_counter() - t)
+        marks.append(("catch-up", time.perf_counter()))
+        staged.round_s.append(marks[-1][1] - marks[-2][1])
         tmp = staged.stage
     else:
         tmp = f"pg_temp.{P}next"
@@ -148,6 +150,7 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
         cur.execute(f"create table {_q(relation)} ({cols_ddl}){storage}")
         cur.execute(f"insert into {_q(relation)} select * from {tmp}")
         result.inserted = cur.rowcount
+    marks.append(("table", time.perf_counter()))
     if staged is not None:
         online.cleanup(cur, relation)
     else:
@@ -171,6 +174,9 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
     for dep in dependents:
         deploy_model(cur, model=dep["model"], relation=dep["relation"], sql=dep["sql"],
                      unique_key=dep["locator"] if dep["shape"] == "linear" else None, force=True)
+    marks.append(("triggers", time.perf_counter()))
+    if staged is not None:
+        staged.switch_s = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
     return result
 
 

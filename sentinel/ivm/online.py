@@ -75,6 +75,7 @@ class Staged:
     watermarks: dict[str, str] = field(default_factory=dict)
     rounds: list[int] = field(default_factory=list)  # changes applied per catch-up round (the last: under the lock)
     round_s: list[float] = field(default_factory=list)  # each round's seconds
+    switch_s: dict[str, float] = field(default_factory=dict)  # the switch's steps' seconds (`install._switch`)
     backfill_s: float = 0.0
     conn: Any = None  # the deploy's own connection, holding the model's deploy lock until the switch is over
 
