@@ -147,6 +147,8 @@ def load(
             writer.close()
     end = monotonic()
     stats = writer.stats
+    # Ctrl-C between the writer taking rows and the loop counting them: they were read (and sent)
+    summary.read = max(read, stats.sent)
     summary.loaded = stats.inserted
     summary.rejected = stats.rejected + (rejects.count if rejects is not None else 0)
     summary.duplicates = stats.duplicates
@@ -155,7 +157,7 @@ def load(
     summary.retries = stats.retries
     summary.resent = stats.resent
     summary.elapsed_s = round(end - start, 3)
-    summary.rows_per_s = round(read / (end - start), 1) if end > start else 0.0
+    summary.rows_per_s = round(summary.read / (end - start), 1) if end > start else 0.0
     summary.max_lag_s = round(summary.max_lag_s, 3)
     summary.peak_rss_mb = round(peak_rss_mb(), 1)
     if progress is not None:
