@@ -152,17 +152,21 @@ class Group:
     """The insert trigger body of one input's window group."""
 
     def __init__(self, rel: str, members: list[Member], columns: list[tuple[str, str]], *,
-                 bytewise_default: bool = False) -> None:
+                 bytewise_default: bool = False, watermark: str | None = None) -> None:
+        """`watermark`: the group's watermark table, if not its own (`watermark_name`): an online
+        deploy's group of its staging table alone."""
         self.rel = rel
         self.members = members
         self.columns = columns  # the input's (name, type), in order
         # the database's default collation orders text bytewise, as COLLATE "C" does
         self.bytewise_default = bytewise_default
         self.key, self.order = members[0].group_key()
-        self.wm = watermark_name(rel, self.key, self.order)
+        self.wm = watermark or watermark_name(rel, self.key, self.order)
         self.needed = set().union(*(m.needed for m in members))  # the input columns the windows read
 
-    def statements(self) -> list[Step]:
+    def statements(self, *, locks: bool = True) -> list[Step]:
+        """The group trigger's body; `locks=False`: without the key-bucket locks (for members' tables
+        that no trigger maintains)."""
         new = f"{P}new"
         k, t = _qi(self.key), _qi(self.order)
         lock = (f"select pg_advisory_xact_lock({LOCK_CLASS}, {P}b.b) from (select distinct "
@@ -183,7 +187,7 @@ class Group:
         for m in self.members:
             general += _WindowSql(m.plan, self.rel, slow_new, appended=True).general()
         general.append(f"delete from {slow_new}")
-        return [lock, Branch(self.fast(), general), self.watermark_update()]
+        return [*([lock] if locks else []), Branch(self.fast(), general), self.watermark_update()]
 
     def watermark_update(self) -> str:
         """Raise each touched bucket's watermark to the highest order value of its new rows."""

@@ -124,7 +124,7 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
     else:
         tmp = f"pg_temp.{P}next"
         cur.execute(f"drop table if exists {tmp}")
-        cur.execute(f"create temp table {tmp.removeprefix('pg_temp.')} on commit drop as {p._tree.sql('postgres')}")
+        cur.execute(f"create temp table {P}next on commit drop as {p._tree.sql('postgres')}")
     cur.execute(
         "select attname, format_type(atttypid, atttypmod) from pg_attribute "
         "where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum",
@@ -302,17 +302,12 @@ def _install_triggers(cur: Any, p: Plan) -> None:
             stmts = p.statements(source, event)
             fn = _func_name(p.relation, source, event)
             check = {"insert": f"{P}new", "delete": f"{P}old", "update": f"{P}new"}[event]
-            prelude = ""
-            if event == "update" and p.shape != "linear":
-                prelude = "\n    -- recompute shapes read old and new rows as one delta\n"
-                both = f"(select * from {P}old union all select * from {P}new)"
-                stmts = _map_steps(stmts, lambda s: s.replace(f"{P}oldnew", both))
             _statement_trigger(cur, source, event, _trigger_name(p.relation, event), fn, stmts,
-                               check=check, lock=lock, prelude=prelude)
+                               check=check, lock=lock)
 
 
 def _statement_trigger(cur: Any, rel: str, event: str, name: str, fn: str, steps: list[Step], *, check: str,
-                       lock: str, prelude: str = "") -> None:
+                       lock: str) -> None:
     """(Re)create trigger `name`: after `event` on `rel`, for each statement, `fn` runs `steps` (under
     sentinel_ivm.<lock>(), as the function's owner) when its transition table `check` has rows."""
     # EXECUTE plans each statement for the current statistics and batch size: a plan cached
@@ -321,7 +316,7 @@ def _statement_trigger(cur: Any, rel: str, event: str, name: str, fn: str, steps
         f"create or replace function {fn}() returns trigger\n"
         f"language plpgsql security definer set search_path = pg_catalog, pg_temp as $ivm$\n"
         f"declare {P}test boolean;\n"
-        f"begin{prelude}\n"
+        f"begin\n"
         f"    if not exists (select from {check}) then return null; end if;\n"
         f"    perform sentinel_ivm.{lock}();\n{_plpgsql(steps)}\n    return null;\nend\n$ivm$")
     cur.execute(f"revoke all on function {fn}() from public")
@@ -329,11 +324,6 @@ def _statement_trigger(cur: Any, rel: str, event: str, name: str, fn: str, steps
     cur.execute(f"drop trigger if exists {_qi(name)} on {_q(rel)}")
     cur.execute(f"create trigger {_qi(name)} after {event} on {_q(rel)} referencing {refs} "
                 f"for each statement execute function {fn}()")
-
-
-def _map_steps(steps: list[Step], fn) -> list[Step]:
-    return [Branch(fn(s.test), _map_steps(s.then, fn), _map_steps(s.otherwise, fn)) if isinstance(s, Branch)
-            else fn(s) for s in steps]
 
 
 def _plpgsql(steps: list[Step], indent: str = "    ") -> str:

@@ -246,10 +246,11 @@ def catch_up(cur: Any, st: Staged) -> int:
         cur.execute(f"select exists (select from pg_temp.{P}old)")
         if not cur.fetchone()[0]:
             # appends only (a source): applied as the writers' own batches are
+            # (no key-bucket locks: no trigger maintains the staging table)
             if rel in st.watermarks:
-                g = group.Group(rel, [group.member(sp, rel)], _columns(cur, rel), bytewise_default=_bytewise_default(cur))
-                g.wm = st.watermarks[rel]
-                steps = g.statements()[1:]  # not the key-bucket locks: no trigger maintains the staging table
+                g = group.Group(rel, [group.member(sp, rel)], _columns(cur, rel),
+                                bytewise_default=_bytewise_default(cur), watermark=st.watermarks[rel])
+                steps = g.statements(locks=False)
             else:
                 steps = sp.statements(rel, "insert", locks=False)
         elif sp.shape == "linear":
@@ -257,19 +258,11 @@ def catch_up(cur: Any, st: Staged) -> int:
             steps = sp.statements(rel, "insert") + sp.statements(rel, "delete")
         else:
             # windows and aggregates recompute what the changes touch from the inputs as they are
-            both = f"(select * from {P}old union all select * from {P}new)"
-            steps = [_replace(s, f"{P}oldnew", both) for s in sp.statements(rel, "update", locks=False)]
+            steps = sp.statements(rel, "update", locks=False)
         run_steps(cur, steps)
         for t in (f"{P}old", f"{P}new"):
             cur.execute(f"drop table pg_temp.{t}")
     return applied
-
-
-def _replace(step: Step, old: str, new: str) -> Step:
-    if isinstance(step, Branch):
-        return Branch(step.test.replace(old, new), [_replace(s, old, new) for s in step.then],
-                      [_replace(s, old, new) for s in step.otherwise])
-    return step.replace(old, new)
 
 
 def run_steps(cur: Any, steps: list[Step]) -> None:

@@ -84,8 +84,9 @@ class Plan:
     def statements(self, relation: str, event: str, *, locks: bool = True) -> list[Step]:
         """SQL a trigger on `relation` runs for `event` ('insert'|'delete'|'update'), in order.
 
-        The transition tables are visible as `__ivm_new` and `__ivm_old`. `locks=False`: without
-        the key-bucket locks (for a table no trigger maintains: an online deploy's staging table).
+        The transition tables are visible as `__ivm_new` and `__ivm_old`; recompute shapes read an
+        update's old and new rows as one delta. `locks=False`: without the key-bucket locks (for a
+        table no trigger maintains: an online deploy's staging table).
         """
         if self.shape == "linear":
             if event == "insert":
@@ -94,13 +95,17 @@ class Plan:
                 return [self._linear_delete(relation, f"{P}old")]
             return [self._linear_delete(relation, f"{P}old"), self._linear_insert(relation, f"{P}new")]
         if self.shape == "window":
-            steps = self._window_recompute(relation, _delta_name(event))
-            return steps if locks else steps[1:]
-        if self.shape == "aggregate":
+            steps = self._window_recompute(relation, _delta_name(event), locks=locks)
+        elif self.shape == "aggregate":
             if event == "insert":
                 return [self._aggregate_merge(relation, f"{P}new")]
-            return self._aggregate_recompute(relation, _delta_name(event))
-        raise AssertionError(self.shape)
+            steps = self._aggregate_recompute(relation, _delta_name(event))
+        else:
+            raise AssertionError(self.shape)
+        if event != "update":
+            return steps
+        both = f"(select * from {P}old union all select * from {P}new)"
+        return _map_steps(steps, lambda x: x.replace(f"{P}oldnew", both))
 
     # ----- linear -------------------------------------------------------------------------
     def _linear_insert(self, relation: str, delta: str) -> str:
@@ -112,11 +117,11 @@ class Plan:
         return _multiset_delete(self.relation, self.columns, self.locator, q)
 
     # ----- window -------------------------------------------------------------------------
-    def _window_recompute(self, relation: str, delta: str) -> list[Step]:
+    def _window_recompute(self, relation: str, delta: str, *, locks: bool = True) -> list[Step]:
         """Recompute each affected key from its t0 and apply the diff. (Appends to a model that is
         a member of its input's window group take the group's fast path instead: `group.py`.)"""
         w = _WindowSql(self, relation, delta)
-        return [w.lock_keys(), *w.general()]
+        return [*([w.lock_keys()] if locks else []), *w.general()]
 
     # ----- aggregate ----------------------------------------------------------------------
     def _aggregate_merge(self, relation: str, delta: str) -> str:
@@ -855,6 +860,12 @@ def _plan_aggregate(p: Plan, tree: exp.Expression, ctes: dict, model: str) -> No
 
 
 # ----- SQL rewriting helpers --------------------------------------------------------------
+
+def _map_steps(steps: list[Step], fn) -> list[Step]:
+    """`steps` with `fn` applied to every statement, branch tests included."""
+    return [Branch(fn(s.test), _map_steps(s.then, fn), _map_steps(s.otherwise, fn)) if isinstance(s, Branch)
+            else fn(s) for s in steps]
+
 
 def _delta_name(event: str) -> str:
     return {"insert": f"{P}new", "delete": f"{P}old", "update": f"{P}oldnew"}[event]
