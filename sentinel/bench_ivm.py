@@ -217,7 +217,7 @@ def redeploy_under_load(dsn: str, batches: Iterator[list], *, batch: int, writer
     """A changed model (its SQL with a comment added: a full backfill, the same content) redeployed
     while the loader writes, first online and then under the lock alone: the seconds from asking
     for the deploy's lock to its commit (an upper bound of the writers' wait), and the deploy's."""
-    from sentinel.ivm import deploy_model
+    from sentinel.ivm import deploy_model, online
 
     with psycopg.connect(dsn) as conn:
         model, model_sql, shape, loc = conn.execute(
@@ -244,6 +244,8 @@ def redeploy_under_load(dsn: str, batches: Iterator[list], *, batch: int, writer
                                    on_step=lambda step: marks.setdefault(step, time.perf_counter()))
                 conn.commit()
                 t1 = time.perf_counter()
+            if res.online is not None:
+                online.finish(res.online)  # its capture and staging tables, after the switch's commit
             out[f"redeploy_{kind}_s"] = round(t1 - t0, 2)
             out[f"redeploy_{kind}_lock_s"] = round(t1 - marks.get("switch", t0), 2)
             if res.online is not None:

@@ -458,6 +458,9 @@ def test_an_online_redeploy_applies_every_change_written_while_it_builds(deploye
         assert made_under_lock == [], made_under_lock
         assert mismatches(conn, deployed.dbname) == {}
         assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == 12 * len(steps) + 12
+        # the switch dropped the capture triggers; the tables go after its commit, not under its lock
+        assert _online_leftovers(conn)[0] == 0 and _online_leftovers(conn)[1] > 0
+        online.finish(result.online)
         assert _online_leftovers(conn) == (0, 0)
         deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key)  # as it was
         conn.commit()
@@ -547,23 +550,49 @@ def test_a_catch_up_round_reads_only_the_captured_changes_it_applies(deployed):
         assert _online_leftovers(conn) == (0, 0)
 
 
-def test_a_killed_online_deploys_capture_goes_with_the_next_deploy_of_its_model(deployed):
+@pytest.mark.parametrize("then", ["unchanged", "online"])
+@pytest.mark.parametrize("end", ["killed", "not finished", "rolled back"])
+def test_what_an_unfinished_online_deploy_leaves_goes_with_the_next_deploy_of_its_model(deployed, end, then):
     """A deploy killed between its backfill and its switch leaves capture triggers that would
-    copy every write forever; the next `dbt run` (the model unchanged, so nothing else to do)
-    finds them with no deploy holding the model's deploy lock, and drops them."""
+    copy every write forever; one whose caller committed without `finish`, its tables; one whose
+    switch was rolled back, its triggers again, which `finish` leaves alone (dropping the tables
+    under them would fail every writer). The next `dbt run` finds them with no deploy holding the
+    model's deploy lock, and drops them: the model unchanged (nothing else to do), or changed and
+    built online (cleaned apart from its transaction, whose locks its backfill would wait for)."""
     from sentinel.ivm import online
     from sentinel.ivm.planner import plan
 
     reset(deployed.dsn)
     model, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == "velocity")
-    st = online.backfill(lambda: psycopg.connect(deployed.dsn), plan(sql, model=model, relation=rel, unique_key=key),
-                         sql=sql, model=model, unique_key=key)
-    st.conn.close()  # killed: no switch
+    connect = lambda: psycopg.connect(deployed.dsn)  # noqa: E731
     with psycopg.connect(deployed.dsn) as conn:
-        assert _online_leftovers(conn)[0] > 0
-        assert deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key).action == "unchanged"
-        conn.commit()
+        if end == "killed":
+            st = online.backfill(connect, plan(sql, model=model, relation=rel, unique_key=key),
+                                 sql=sql, model=model, unique_key=key)
+            st.conn.close()  # no switch
+        else:
+            res = deploy_model(conn.cursor(), model=model, relation=rel, sql="/* again */\n" + sql, unique_key=key,
+                               connect=connect)
+            if end == "rolled back":
+                conn.rollback()
+                online.finish(res.online)
+            else:
+                conn.commit()
+        triggers, tables = _online_leftovers(conn)
+        assert (triggers > 0, tables > 0) == (end != "not finished", True)
+        deployed_sql = "/* again */\n" + sql if end == "not finished" else sql
+        if then == "unchanged":
+            assert deploy_model(conn.cursor(), model=model, relation=rel, sql=deployed_sql, unique_key=key).action == "unchanged"
+            conn.commit()
+        else:
+            res = deploy_model(conn.cursor(), model=model, relation=rel, sql="/* next */\n" + sql, unique_key=key,
+                               connect=connect)
+            conn.commit()
+            assert res.action == "diffed" and res.online is not None, res
+            online.finish(res.online)
         _assert_clean_and_maintained(conn, deployed.dbname)
+        deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key)  # as it was
+        conn.commit()
 
 
 def test_redeploy_drops_the_per_model_watermarks_of_earlier_builds(deployed):

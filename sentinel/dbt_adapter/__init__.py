@@ -13,7 +13,7 @@ from dbt.adapters.base import AdapterPlugin, available
 from dbt.adapters.postgres import PostgresAdapter, PostgresConnectionManager, PostgresCredentials
 from dbt_common.exceptions import DbtRuntimeError
 
-from sentinel.ivm import IvmUnsupported, deploy_model
+from sentinel.ivm import IvmUnsupported, deploy_model, online
 
 INCLUDE_PATH = str(Path(__file__).parent / "include")
 
@@ -37,6 +37,10 @@ class SentinelAdapter(PostgresAdapter):
     """PostgresAdapter with the incremental-maintenance hooks the materialization calls."""
 
     ConnectionManager = SentinelConnectionManager
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sentinel_online: dict[str, online.Staged] = {}  # relation -> its deploy, until `sentinel_ivm_finish`
 
     @classmethod
     def type(cls) -> str:
@@ -65,7 +69,18 @@ class SentinelAdapter(PostgresAdapter):
                 result = deploy_model(cur, model=model, relation=rel, sql=sql, unique_key=keys, connect=connect)
         except IvmUnsupported as e:
             raise DbtRuntimeError(str(e)) from None
+        if result.online is not None:
+            self._sentinel_online[rel] = result.online
         return result.message()
+
+    @available
+    def sentinel_ivm_finish(self, relation: Any) -> str:
+        """After the materialization's commit: drop an online deploy's capture and staging tables
+        (not under the switch's lock, which holds writers)."""
+        staged = self._sentinel_online.pop(f"{relation.schema}.{relation.identifier}", None)
+        if staged is not None:
+            online.finish(staged)
+        return ""
 
     @available
     def sentinel_index_covered(self, relation: Any, index: dict) -> bool:

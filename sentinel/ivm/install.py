@@ -58,12 +58,18 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
     and the tables switched, not for the model's whole evaluation (`on_step` hears its steps). Without
     it, for a model that joins inputs, or when this transaction has written to an input (the online
     steps would wait for it), it is computed under the lock. A failed online deploy rolls this
-    transaction back before removing its capture triggers."""
+    transaction back before removing its capture triggers. After committing an online deploy,
+    the caller calls `online.finish(result.online)`, which drops its capture and staging tables
+    (left alone, the next deploy of the model drops them)."""
     p = plan(sql, model=model, relation=relation, unique_key=unique_key)
     reg = _registry(cur, relation)
     kind = _relkind(cur, relation)
-    if online.stale(cur, relation):
-        online.cleanup(cur, relation)  # a killed online deploy's capture: it would cost writers forever
+    if online.leftovers(cur, relation):
+        # a killed online deploy's capture (it would cost writers forever), an unfinished one's tables
+        if connect is not None and not _writes_held(cur, p.inputs):
+            online.clean_stale(connect, relation)  # apart: this transaction's locks would hold up its backfill
+        elif online.stale(cur, relation):
+            online.cleanup(cur, relation)
     if (not force and reg and reg["fingerprint"] == p.fingerprint and kind == "r"
             and _triggers_present(cur, p)):
         return DeployResult(relation, p.shape, "unchanged")
@@ -86,10 +92,9 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
                         "carry the columns through the upstream model instead of joining back")
     staged = None
     if connect is not None and not p.joined and not _writes_held(cur, p.inputs):
-        staged = online.backfill(connect, p, sql=sql, model=model, unique_key=unique_key, on_step=on_step)
+        staged = online.backfill(connect, p, sql=sql, model=model, unique_key=unique_key, on_step=on_step,
+                                 on_staged=lambda st: _prepare_groups(cur, p, sql, st.plan.columns))
     try:
-        if staged is not None:
-            _prepare_groups(cur, p, sql, staged.plan.columns)
         result = _switch(cur, p, sql=sql, reg=reg, kind=kind, roots=roots, staged=staged, on_step=on_step)
     except BaseException:
         if staged is not None:
@@ -155,7 +160,7 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
         result.inserted = cur.rowcount
     marks.append(("table", time.perf_counter()))
     if staged is not None:
-        online.cleanup(cur, relation)
+        online.detach(cur, relation)  # its tables go after the commit (`online.finish`)
     else:
         cur.execute(f"drop table {tmp}")
     if p.shape == "aggregate" and result.action == "diffed":

@@ -24,6 +24,8 @@
 
     {{ run_hooks(post_hooks, inside_transaction=True) }}
     {{ adapter.commit() }}
+    {#- an online deploy's capture and staging tables go once the switch is committed -#}
+    {% do adapter.sentinel_ivm_finish(target_relation) %}
     {{ run_hooks(post_hooks, inside_transaction=False) }}
 
     {{ return({'relations': [target_relation]}) }}
