@@ -149,10 +149,7 @@ def test_redeploy_with_changed_var_under_concurrent_load(deployed):
             assert n == written[0], conn.execute("select left(txn_id, 2), count(*) from fraud.transactions group by 1").fetchall()
             assert mismatches(conn) == {}
             # the online deploys left no capture trigger, and their tables went after each model's commit
-            assert conn.execute(
-                "select (select count(*) from pg_trigger where tgname like 'ivm\\_cap\\_%%'), "
-                "(select count(*) from pg_tables where schemaname = 'sentinel_ivm' "
-                "and (tablename like 'cap\\_%%' or tablename like 'stage%%'))").fetchone() == (0, 0)
+            assert maintained.online_leftovers(conn) == (0, 0)
             hv = conn.execute("select count(*) from fraud.flagged_transactions where rule = 'high_value'").fetchone()[0]
             assert hv == conn.execute("select count(*) from fraud.transactions where amount > 2300").fetchone()[0], (
                 conn.execute("select f.txn_id, f.amount, f.reason from fraud.flagged_transactions f "

@@ -459,22 +459,16 @@ def test_an_online_redeploy_applies_every_change_written_while_it_builds(deploye
         assert mismatches(conn, deployed.dbname) == {}
         assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == 12 * len(steps) + 12
         # the switch dropped the capture triggers; the tables go after its commit, not under its lock
-        assert _online_leftovers(conn)[0] == 0 and _online_leftovers(conn)[1] > 0
+        assert maintained.online_leftovers(conn)[0] == 0 and maintained.online_leftovers(conn)[1] > 0
         online.finish(result.online)
-        assert _online_leftovers(conn) == (0, 0)
+        assert maintained.online_leftovers(conn) == (0, 0)
         deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key)  # as it was
         conn.commit()
 
 
-def _online_leftovers(conn: psycopg.Connection) -> tuple[int, int]:
-    return conn.execute("select (select count(*) from pg_trigger where tgname like 'ivm\\_cap\\_%%'), "
-                        "(select count(*) from pg_tables where schemaname = 'sentinel_ivm' "
-                        "and (tablename like 'cap\\_%%' or tablename like 'stage%%'))").fetchone()
-
-
 def _assert_clean_and_maintained(conn: psycopg.Connection, dbname: str) -> None:
     """No capture trigger or table of an online deploy is left, and the models follow new rows."""
-    assert _online_leftovers(conn) == (0, 0)
+    assert maintained.online_leftovers(conn) == (0, 0)
     insert(conn, _step_rows(99))
     conn.commit()
     assert mismatches(conn, dbname) == {}
@@ -547,7 +541,7 @@ def test_a_catch_up_round_reads_only_the_captured_changes_it_applies(deployed):
     finally:
         online.abandon(st)
     with psycopg.connect(deployed.dsn) as conn:
-        assert _online_leftovers(conn) == (0, 0)
+        assert maintained.online_leftovers(conn) == (0, 0)
 
 
 @pytest.mark.parametrize("then", ["unchanged", "online"])
@@ -578,7 +572,7 @@ def test_what_an_unfinished_online_deploy_leaves_goes_with_the_next_deploy_of_it
                 online.finish(res.online)
             else:
                 conn.commit()
-        triggers, tables = _online_leftovers(conn)
+        triggers, tables = maintained.online_leftovers(conn)
         assert (triggers > 0, tables > 0) == (end != "not finished", True)
         deployed_sql = "/* again */\n" + sql if end == "not finished" else sql
         if then == "unchanged":
