@@ -589,6 +589,31 @@ def test_what_an_unfinished_online_deploy_leaves_goes_with_the_next_deploy_of_it
         conn.commit()
 
 
+def test_finish_leaves_the_tables_a_session_still_reads_to_the_next_deploy(deployed, monkeypatch):
+    """A session reading the staging table when the deploy finishes (an analyst's open transaction,
+    say) keeps `finish` from dropping it: after a short wait it gives up without failing the
+    committed deploy, and the next deploy of the model drops what is left."""
+    from sentinel.ivm import online
+
+    monkeypatch.setattr(online, "FINISH_LOCK_TIMEOUT", "200ms")
+    reset(deployed.dsn)
+    model, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == "velocity")
+    with psycopg.connect(deployed.dsn) as conn, psycopg.connect(deployed.dsn) as reader:
+        res = deploy_model(conn.cursor(), model=model, relation=rel, sql="/* read */\n" + sql, unique_key=key,
+                           connect=lambda: psycopg.connect(deployed.dsn))
+        conn.commit()
+        reader.execute(f"select from {res.online.stage} limit 0")  # its transaction stays open
+        online.finish(res.online)
+        assert maintained.online_leftovers(conn) == (0, 3)  # the capture, the staging table, its watermarks
+        reader.rollback()
+        assert deploy_model(conn.cursor(), model=model, relation=rel, sql="/* read */\n" + sql,
+                            unique_key=key).action == "unchanged"
+        conn.commit()
+        _assert_clean_and_maintained(conn, deployed.dbname)
+        deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key)  # as it was
+        conn.commit()
+
+
 def test_redeploy_drops_the_per_model_watermarks_of_earlier_builds(deployed):
     """Builds before plan version 13 kept a watermark table per window model; a model redeployed
     by this build (its fingerprint changed with the plan version) leaves none behind."""

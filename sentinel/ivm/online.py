@@ -153,10 +153,15 @@ def finish(st: Staged) -> None:
         cur.execute(f"set local lock_timeout = '{FINISH_LOCK_TIMEOUT}'")
         cur.execute("select exists (select from pg_trigger where tgname like %s and not tgisinternal)",
                     (_CAPTURE_TRIGGERS % tag(st.relation),))
-        if not cur.fetchone()[0]:
-            for table in _tables(cur, st.relation):
-                cur.execute(f"drop table if exists {table}")
-        cur.execute("commit")
+        try:
+            if not cur.fetchone()[0]:
+                for table in _tables(cur, st.relation):
+                    cur.execute(f"drop table if exists {table}")
+            cur.execute("commit")
+        except Exception as exc:
+            if (getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)) != "55P03":  # lock_not_available
+                raise
+            cur.execute("rollback")  # a session still holds one of them: the next deploy drops them
 
 
 def backfill(connect: Callable[[], Any], p: Plan, *, sql: str, model: str, unique_key: list[str] | None,
