@@ -244,11 +244,10 @@ def redeploy_under_load(dsn: str, batches: Iterator[list], *, batch: int, writer
                                    on_step=lambda step: marks.setdefault(step, time.perf_counter()))
                 conn.commit()
                 t1 = time.perf_counter()
-            if res.online is not None:
-                online.finish(res.online)  # its capture and staging tables, after the switch's commit
             out[f"redeploy_{kind}_s"] = round(t1 - t0, 2)
             out[f"redeploy_{kind}_lock_s"] = round(t1 - marks.get("switch", t0), 2)
             if res.online is not None:
+                online.finish(res.online)  # its capture and staging tables, after the switch's commit
                 out.update(redeploy_online_backfill_s=round(res.online.backfill_s, 2),
                            redeploy_online_rounds=res.online.rounds,
                            redeploy_online_round_s=[round(x, 2) for x in res.online.round_s],

@@ -1070,14 +1070,19 @@ def multiset_diff(relation: str, cols: list[str], old_sql: str, fresh_sql: str) 
     return delete, insert
 
 
-def _multiset_delete(relation: str, cols: list[str], locator: list[str], delta_sql: str) -> str:
-    """Delete one model row per delta row (full-row match), finding candidates by the locator."""
+def _multiset_delete(relation: str, cols: list[str], locator: list[str], delta_sql: str,
+                     candidates: str | None = None) -> str:
+    """Delete one model row per delta row (full-row match), finding candidates by the locator, or
+    by `candidates` (a condition on the model's rows `__ivm_m`, which may read the delta `__ivm_d`)."""
     loc = " and ".join(f"{P}m.{_qi(c)} = d.{_qi(c)}" for c in locator) or "true"
+    if candidates is None:
+        candidates = (f"exists (select from (select distinct {_cols(locator, 'd0') if locator else '1'} "
+                      f"from {P}d as d0) as d where {loc})")
     return (
         f"with {P}d as ({delta_sql}),\n"
         f"{P}d_n as (select {_numbered(cols, 'd')} from {P}d as d),\n"
         f"{P}m_n as (select {_numbered(cols, 'x')} from "
         f"(select {P}m.ctid as {P}ctid, {P}m.* from {_q(relation)} as {P}m "
-        f"where exists (select from (select distinct {_cols(locator, 'd0') if locator else '1'} from {P}d as d0) as d where {loc})) as x)\n"
+        f"where {candidates}) as x)\n"
         f"delete from {_q(relation)} as {P}t using {P}m_n as o, {P}d_n as f\n"
         f"where {P}t.ctid = o.{P}ctid and {_match(cols, 'f', 'o')} and f.{P}n = o.{P}n")
