@@ -14,6 +14,7 @@ from dbt.adapters.postgres import PostgresAdapter, PostgresConnectionManager, Po
 from dbt_common.exceptions import DbtRuntimeError
 
 from sentinel.ivm import IvmUnsupported, deploy_model, online
+from sentinel.ivm.install import btree_indexes, drop_served_locator
 
 INCLUDE_PATH = str(Path(__file__).parent / "include")
 
@@ -94,17 +95,19 @@ class SentinelAdapter(PostgresAdapter):
             return False
         conn = self.connections.get_thread_connection()
         with conn.handle.cursor() as cur:
-            cur.execute(
-                "select i.indisunique, array(select a.attname::text from unnest(i.indkey) with ordinality k(n, o) "
-                "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.n order by k.o) "
-                "from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am am on am.oid = c.relam "
-                "where i.indrelid = to_regclass(%s) and am.amname = 'btree' and i.indexprs is null "
-                "and i.indpred is null and i.indisvalid",
-                (f'"{relation.schema}"."{relation.identifier}"',))
-            existing = cur.fetchall()
+            existing = btree_indexes(cur, f"{relation.schema}.{relation.identifier}")
         want_unique = bool(index.get("unique"))
-        return any(list(have[:len(cols)]) == cols and (not want_unique or (unique and len(have) == len(cols)))
-                   for unique, have in existing)
+        return any(have[:len(cols)] == cols and (not want_unique or (unique and len(have) == len(cols)))
+                   for _name, unique, have in existing)
+
+    @available
+    def sentinel_drop_served_indexes(self, relation: Any) -> str:
+        """After dbt's configured indexes: drop the materialization's locator index where one of
+        them leads with its columns (`install.drop_served_locator`)."""
+        conn = self.connections.get_thread_connection()
+        with conn.handle.cursor() as cur:
+            drop_served_locator(cur, f"{relation.schema}.{relation.identifier}")
+        return ""
 
 
 Plugin = AdapterPlugin(

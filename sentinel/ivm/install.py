@@ -298,13 +298,39 @@ def _short(relation: str, tag: str) -> str:
     return f"ivm_{base}_{h}_{tag}"
 
 
+def btree_indexes(cur: Any, relation: str) -> list[tuple[str, bool, list[str]]]:
+    """`relation`'s valid plain btree indexes (no expressions, no predicate): (name, unique,
+    key and included columns in order)."""
+    cur.execute(
+        "select c.relname::text, i.indisunique, array(select a.attname::text from unnest(i.indkey) "
+        "with ordinality k(n, o) join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.n order by k.o) "
+        "from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am am on am.oid = c.relam "
+        "where i.indrelid = to_regclass(%s) and am.amname = 'btree' and i.indexprs is null "
+        "and i.indpred is null and i.indisvalid order by 1", (_q(relation),))
+    return [(name, unique, list(cols)) for name, unique, cols in cur.fetchall()]
+
+
 def _ensure_indexes(cur: Any, p: Plan) -> None:
     if p.shape == "aggregate":
         cur.execute(f"create unique index if not exists {_qi(_short(p.relation, 'key'))} on {_q(p.relation)} "
                     f"({_cols(p.group_keys)}) nulls not distinct")
-    elif p.locator:
+    elif p.locator and not any(cols[:len(p.locator)] == p.locator for _n, _u, cols in btree_indexes(cur, p.relation)):
+        # (a kept table's index that leads with the locator's columns serves its matches)
         cur.execute(f"create index if not exists {_qi(_short(p.relation, 'loc'))} on {_q(p.relation)} "
                     f"({_cols(p.locator)})")
+
+
+def drop_served_locator(cur: Any, relation: str) -> bool:
+    """Drop the locator index the materialization made when another index leads with the same
+    columns (the unique one a dbt config asks for): two copies would only slow every maintained
+    write. True when it went."""
+    own = _short(relation, "loc")
+    indexes = btree_indexes(cur, relation)
+    mine = next((cols for name, _u, cols in indexes if name == own), None)
+    if mine is None or not any(name != own and cols[:len(mine)] == mine for name, _u, cols in indexes):
+        return False
+    cur.execute(f"drop index {_qi(relation.split('.')[0])}.{_qi(own)}")
+    return True
 
 
 def _in_group(p: Plan) -> bool:

@@ -19,6 +19,8 @@
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
+    {#- the materialization's own locator index goes where a configured one serves its matches -#}
+    {% do adapter.sentinel_drop_served_indexes(target_relation) %}
     {% do apply_grants(target_relation, config.get('grants'), should_revoke=True) %}
     {% do persist_docs(target_relation, model) %}
 
