@@ -1,6 +1,8 @@
 """Benchmark of incremental maintenance: ingest through the loader with every model deployed vs a
 raw COPY, empty vs with history (in order, with 1 % of the rows late, and one batch older than all
-its cards' history), and a full recomputation of the models vs the per-batch cost.
+its cards' history), and a full recomputation of the models vs the per-batch cost. The empty run is
+repeated in a second scratch database right before the history's timed runs, so that their ratio
+does not include how the machine's speed drifted while the history loaded.
 
     python -m sentinel.bench_ivm [--rows 200000] [--batch 10000] [--writers 2] [--history 1000000] [--dsn DSN] [--profile]
 
@@ -298,6 +300,36 @@ def main(argv: list[str] | None = None) -> None:
             out.print(f"{k}: {v}")
 
 
+def raw_and_empty(dsn: str, args: argparse.Namespace, *, parallel: bool = False) -> dict:
+    """In a scratch database with every model deployed and no rows: a raw COPY of the stream's rows
+    into the identical table (with `parallel`, also over the loader's connections), then the
+    stream through the loader, right after a checkpoint."""
+    out: dict = {}
+    raw_rows = list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards)))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        out["raw"] = baseline(conn, raw_rows)
+        conn.execute(f"truncate {RAW_TABLE}")
+    if parallel and args.writers > 1:
+        # the same rows over as many connections as the loader uses, pre-formatted: what the
+        # server takes in raw when both cores work on it
+        out["raw_parallel"] = parallel_baseline(dsn, raw_rows, args.writers)
+    del raw_rows
+    checkpoint(dsn)
+    out["rate"], out["batch_ms"] = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch, writers=args.writers)
+    return out
+
+
+def empty_again(admin: str, passwords: dict[str, str], tmp: Path, args: argparse.Namespace) -> dict:
+    """The empty-table run repeated in a second scratch database, the same stream as the first:
+    the empty rate next to the history's in time."""
+    with scratch_database(admin, role_passwords=passwords) as dsn:
+        run_dbt(["run"], dsn=dsn, target_path=tmp / "target-empty", log_path=tmp / "logs-empty")
+        e = raw_and_empty(dsn, args)
+    return {"raw_copy_rows_per_s_adjacent": round(e["raw"]), "models_rows_per_s_empty_adjacent": round(e["rate"]),
+            "models_vs_raw_adjacent": round(e["rate"] / e["raw"], 2),
+            "batch_ms_mean_empty_adjacent": round(e["batch_ms"], 1)}
+
+
 def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
     """Every figure, in a scratch database on the server of `admin` (dropped afterwards)."""
     figures: dict[str, float | int] = {}
@@ -306,17 +338,10 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
         t = time.perf_counter()
         run_dbt(["run"], dsn=dsn, target_path=tmp / "target", log_path=tmp / "logs")
         figures["dbt_run_s"] = round(time.perf_counter() - t, 2)
-        raw_rows = list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards)))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            raw_rate = baseline(conn, raw_rows)
-            conn.execute(f"truncate {RAW_TABLE}")
-        if args.writers > 1:
-            # the same rows over as many connections as the loader uses, pre-formatted: what the
-            # server takes in raw when both cores work on it
-            figures["raw_copy_parallel_rows_per_s"] = round(parallel_baseline(dsn, raw_rows, args.writers))
-        del raw_rows
-        checkpoint(dsn)
-        empty_rate, empty_batch_ms = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch, writers=args.writers)
+        e = raw_and_empty(dsn, args, parallel=True)
+        raw_rate, empty_rate, empty_batch_ms = e["raw"], e["rate"], e["batch_ms"]
+        if "raw_parallel" in e:
+            figures["raw_copy_parallel_rows_per_s"] = round(e["raw_parallel"])
         figures.update(raw_copy_rows_per_s=round(raw_rate), models_rows_per_s_empty=round(empty_rate),
                        models_vs_raw=round(empty_rate / raw_rate, 2), batch_ms_mean_empty=round(empty_batch_ms, 1),
                        writers=args.writers)
@@ -334,6 +359,12 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             ingest(dsn, head(rows, args.history), batch=args.batch, writers=args.writers)
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
+            # The empty table once more, right before the history's timed runs: the machine's speed
+            # drifts by a fifth and more within minutes, and the history took them.
+            adjacent = empty_again(admin, passwords, tmp, args)
+            figures.update(adjacent)
+            console.print(f"empty table again: {adjacent['models_rows_per_s_empty_adjacent']:,} rows/s, raw COPY "
+                          f"{adjacent['raw_copy_rows_per_s_adjacent']:,} rows/s")
             checkpoint(dsn)
             with profiling(dsn, args.profile) as profile:
                 c0 = counters(dsn)  # after profiling's pg_stat_reset, which zeroes the index counters
@@ -376,14 +407,18 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
                           f"{ph['us_per_card']} µs at {ph['index_mb']} MB")
             figures.update(history_rows=n - args.rows, models_rows_per_s_history=round(hist_rate),
                            history_vs_empty=round(hist_rate / empty_rate, 2), batch_ms_mean_history=round(hist_batch_ms, 1),
+                           history_vs_empty_adjacent=round(hist_rate / adjacent["models_rows_per_s_empty_adjacent"], 2),
+                           history_steady_vs_empty_adjacent=round(
+                               steady_rate / adjacent["models_rows_per_s_empty_adjacent"], 2),
                            **_deltas(c0, c1, args.rows, "history"),
                            models_rows_per_s_history_steady=round(steady_rate),
                            history_steady_vs_empty=round(steady_rate / empty_rate, 2),
                            batch_ms_mean_history_steady=round(steady_batch_ms, 1),
                            **_deltas(c1, c2, args.rows, "history_steady"))
             console.print(f"after {n - args.rows:,} rows of history {hist_rate:,.0f} rows/s ({hist_rate / empty_rate:.2f}x "
-                          f"empty) right after a checkpoint, {steady_rate:,.0f} rows/s ({steady_rate / empty_rate:.2f}x) "
-                          f"continuing")
+                          f"empty, {figures['history_vs_empty_adjacent']:.2f}x the empty run next to it) right after a "
+                          f"checkpoint, {steady_rate:,.0f} rows/s ({steady_rate / empty_rate:.2f}x, "
+                          f"{figures['history_steady_vs_empty_adjacent']:.2f}x) continuing")
         with psycopg.connect(dsn) as conn:
             # the full recomputation: every model's SQL, evaluated from the source
             chain = conn.execute("select relation, sql from sentinel_ivm.models").fetchall()

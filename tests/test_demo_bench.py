@@ -65,6 +65,9 @@ def test_bench_produces_every_figure(tmp_path):
     assert 0 < ivm["redeploy_online_lock_s"] <= ivm["redeploy_online_s"] and ivm["redeploy_locked_s"] > 0, ivm
     assert ivm["redeploy_online_rounds"], ivm  # at least the last changes, under the lock
     assert set(ivm["redeploy_online_switch_s"]) == {"lock wait", "catch-up", "table", "triggers"}, ivm
+    # the empty run again, next to the history's timed runs, and the history's ratios to it
+    assert ivm["models_rows_per_s_empty_adjacent"] > 0 and ivm["raw_copy_rows_per_s_adjacent"] > 0, ivm
+    assert ivm["history_vs_empty_adjacent"] > 0 and ivm["history_steady_vs_empty_adjacent"] > 0, ivm
     assert figures["machine"]["cpus"] >= 1
 
 
