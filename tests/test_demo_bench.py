@@ -95,3 +95,37 @@ def test_bench_ivm_late_rows_are_the_same_rows_each_every_nth_moved_later():
         after = [r for r in range(late + 1, min(late + 9, 35)) if r % 5 != 4]
         assert all(flat.index(r) < flat.index(late) for r in after), (late, flat)
     assert [r for r in flat if r % 5 != 4] == [r for r in range(35) if r % 5 != 4]  # the others keep their order
+
+
+def test_bench_perf_places_each_server_sample_by_its_stack():
+    from sentinel.bench_perf import breakdown, samples
+
+    def sample(comm: str, *frames: str) -> list[str]:
+        return [f"{comm} ", *(f"\t          {i:x} {f}" for i, f in enumerate(frames)), ""]
+
+    top = ("CopyFrom", "DoCopy", "exec_simple_query", "PostgresMain")
+    trig = ("ExecModifyTable", "standard_ExecutorRun", "_SPI_execute_plan", "plpgsql_exec_trigger",
+            "afterTriggerInvokeEvents", "AfterTriggerEndQuery", *top)
+    script = [
+        *sample("postgres", "qsort_tuple", "tuplesort_performsort", "ExecSort", "ExecWindowAgg", *trig),
+        *sample("postgres", "_bt_compare", "_bt_first", "IndexOnlyNext", "ExecLimit", "ExecNestLoop", *trig),
+        *sample("postgres", "_bt_compare", "check_exclusion_or_unique_constraint", "ExecCheckIndexConstraints",
+                "ExecInsert", *trig),
+        *sample("postgres", "ExecInterpExpr", "ExecWindowAgg", "ExecInsert", *trig),
+        *sample("postgres", "_bt_doinsert", "btinsert", "ExecInsertIndexTuples", "CopyMultiInsertBufferFlush", *top),
+        *sample("postgres", "CopyReadAttributesText", "NextCopyFrom", *top),
+        # a trigger fired by a model's insert inside a trigger
+        *sample("postgres", "ExecInsert", "ExecModifyTable", "AfterTriggerEndQuery", "ExecInsert", *trig),
+        *sample("python3", "PyEval_EvalFrameDefault"),  # not the server's
+        *sample("postgres", "heap_page_prune", "lazy_scan_heap", "do_autovacuum"),
+    ]
+    figures = breakdown(samples(script))
+    assert figures["samples"] == 8
+    parts = figures["parts_pct"]
+    assert parts["triggers on fraud.transactions (the models over it)"] == 50.0
+    assert parts["insert into fraud.transactions (heap and indexes)"] == 12.5
+    assert parts["COPY: reading and parsing the rows"] == 12.5
+    assert parts["triggers fired by those (models over models, the alert log)"] == 12.5
+    assert parts["other (vacuum, checkpoints, ...)"] == 12.5
+    assert figures["source_triggers_by_node_pct"] == {
+        "sort": 12.5, "index-only read": 12.5, "on conflict: the key's check": 12.5, "window aggregate": 12.5}
