@@ -266,6 +266,16 @@ def latest_event(dsn: str):
         return conn.execute("select max(event_time) from fraud.transactions").fetchone()[0]
 
 
+def admin_dsn(cleanup: contextlib.ExitStack, dsn: str | None) -> str:
+    """`dsn` (a superuser's), else that of a throw-away embedded engine, stopped by `cleanup`."""
+    if dsn:
+        return dsn
+    from sentinel.stack import temporary_stack
+
+    console.print("starting a throw-away embedded engine ...")
+    return cleanup.enter_context(temporary_stack(models=False)).engine.dsn("owner", dbname="postgres")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m sentinel.bench_ivm", description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000, help="rows per timed ingest run")
@@ -284,15 +294,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with contextlib.ExitStack() as cleanup:
         tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sentinel-bench-")))
-        if args.dsn:
-            admin = args.dsn
-        else:
-            from sentinel.stack import temporary_stack
-
-            console.print("starting a throw-away embedded engine ...")
-            stack = cleanup.enter_context(temporary_stack(models=False))
-            admin = stack.engine.dsn("owner", dbname="postgres")
-        figures = run(admin, args, tmp)
+        figures = run(admin_dsn(cleanup, args.dsn), args, tmp)
     if args.json:
         out.print(json.dumps(figures))
     else:

@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 from loader.bench import scratch_database
-from sentinel.bench_ivm import checkpoint, head, ingest, latest_event, stream
+from sentinel.bench_ivm import admin_dsn, checkpoint, head, ingest, latest_event, stream
 from sentinel.console import console, out
 from sentinel.deploy import run_dbt
 
@@ -109,13 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: perf is not installed (Debian: apt-get install linux-perf)")
     with contextlib.ExitStack() as cleanup:
         tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sentinel-perf-")))
-        if args.dsn:
-            admin = args.dsn
-        else:
-            from sentinel.stack import temporary_stack
-
-            console.print("starting a throw-away embedded engine ...")
-            admin = cleanup.enter_context(temporary_stack(models=False)).engine.dsn("owner", dbname="postgres")
+        admin = admin_dsn(cleanup, args.dsn)
         passwords = {"sentinel_loader": uuid.uuid4().hex, "sentinel_analyst": uuid.uuid4().hex}
         dsn = cleanup.enter_context(scratch_database(admin, role_passwords=passwords))
         run_dbt(["run"], dsn=dsn, target_path=tmp / "target", log_path=tmp / "logs")
