@@ -299,11 +299,12 @@ def _short(relation: str, tag: str) -> str:
 
 
 def btree_indexes(cur: Any, relation: str) -> list[tuple[str, bool, list[str]]]:
-    """`relation`'s valid plain btree indexes (no expressions, no predicate): (name, unique,
-    key and included columns in order)."""
+    """`relation`'s valid plain btree indexes (no expressions, no predicate): (name, unique, key
+    columns in order; an `include`d column is not one, as the index cannot be searched by it)."""
     cur.execute(
-        "select c.relname::text, i.indisunique, array(select a.attname::text from unnest(i.indkey) "
-        "with ordinality k(n, o) join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.n order by k.o) "
+        "select c.relname::text, i.indisunique, array(select a.attname::text from "
+        "unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) with ordinality k(n, o) "
+        "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.n order by k.o) "
         "from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am am on am.oid = c.relam "
         "where i.indrelid = to_regclass(%s) and am.amname = 'btree' and i.indexprs is null "
         "and i.indpred is null and i.indisvalid order by 1", (_q(relation),))
