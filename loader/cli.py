@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m loader.cli`: a Ctrl-C while the modules below load (see sentinel.__main__)
+    from sentinel.__main__ import quiet_interrupts_while_loading
+
+    quiet_interrupts_while_loading()
+
 import json
 import logging
 import random
@@ -226,8 +231,10 @@ def _interrupt(signum, frame) -> None:
 
 def main() -> None:
     """`python -m loader.cli`: the load command on its own (one-line errors, exit codes)."""
+    from sentinel.__main__ import loaded
     from sentinel.cli import main as sentinel_main
 
+    loaded()
     sentinel_main(["load", *sys.argv[1:]])
 
 

@@ -206,6 +206,33 @@ def test_ctrl_c_flushes_what_was_read_and_exits_cleanly(db, signum: int) -> None
 
 
 
+@pytest.mark.parametrize("entry", ["python -m loader.cli", "python -m sentinel load"])
+def test_ctrl_c_while_the_command_is_still_starting_is_one_line_and_exit_130(db, entry: str) -> None:
+    """Ctrl-C in the first moments, while Python still loads the command's modules: before, an
+    import's KeyboardInterrupt traceback and a death by SIGINT (10 of 60 runs with the signal
+    at random times in the first 3 s). A signal before Python's own start-up is done still kills
+    it (-SIGINT), silently; nothing has been read by then."""
+    opts = ["--seed", "5", "--rate", "2000"]
+    cmd = (_load_cmd(db, *opts) if entry == "python -m loader.cli"
+           else [sys.executable, "-m", "sentinel", "load", "--dsn", db.loader_dsn, "-q", *opts])
+    codes = []
+    for delay in (0.1, 0.2, 0.3, 0.6):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert "Traceback" not in err, (delay, err[-3000:])
+        assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err[-3000:])
+        if proc.returncode == 130:
+            assert "interrupted" in err or not err.strip(), (delay, err[-3000:])
+        codes.append(proc.returncode)
+    assert 130 in codes, codes
+
+
 @pytest.mark.parametrize("paced", [True, False], ids=["paced", "unpaced"])
 def test_an_interrupt_right_after_the_writer_took_rows_counts_them_as_read(db, paced: bool) -> None:
     """Ctrl-C can land between the writer taking rows and the loop counting them (seen once in CI:
