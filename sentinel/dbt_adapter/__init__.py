@@ -14,7 +14,7 @@ from dbt.adapters.postgres import PostgresAdapter, PostgresConnectionManager, Po
 from dbt_common.exceptions import DbtRuntimeError
 
 from sentinel.ivm import IvmUnsupported, deploy_model, online
-from sentinel.ivm.install import btree_indexes, drop_served_locator
+from sentinel.ivm.install import btree_indexes, index_columns
 
 INCLUDE_PATH = str(Path(__file__).parent / "include")
 
@@ -48,7 +48,8 @@ class SentinelAdapter(PostgresAdapter):
         return "sentinel"
 
     @available
-    def sentinel_ivm_deploy(self, model: str, relation: Any, sql: str, unique_key: Any = None) -> str:
+    def sentinel_ivm_deploy(self, model: str, relation: Any, sql: str, unique_key: Any = None,
+                            indexes: list[dict] | None = None) -> str:
         """Plan and install a maintained model in dbt's open transaction; return a log message."""
         conn = self.connections.get_thread_connection()
         if not conn.transaction_open:
@@ -67,7 +68,8 @@ class SentinelAdapter(PostgresAdapter):
 
         try:
             with conn.handle.cursor() as cur:
-                result = deploy_model(cur, model=model, relation=rel, sql=sql, unique_key=keys, connect=connect)
+                result = deploy_model(cur, model=model, relation=rel, sql=sql, unique_key=keys, connect=connect,
+                                      indexes=list(indexes or []))
         except IvmUnsupported as e:
             raise DbtRuntimeError(str(e)) from None
         if result.online is not None:
@@ -90,7 +92,7 @@ class SentinelAdapter(PostgresAdapter):
         It does when its leading columns are the requested ones and, for a unique request, it is
         unique on exactly them. A second copy would only slow every maintained write down.
         """
-        cols = [index["columns"]] if isinstance(index.get("columns"), str) else list(index.get("columns") or [])
+        cols = index_columns(index)
         if not cols or index.get("type") not in (None, "btree"):
             return False
         conn = self.connections.get_thread_connection()
@@ -99,15 +101,6 @@ class SentinelAdapter(PostgresAdapter):
         want_unique = bool(index.get("unique"))
         return any(have[:len(cols)] == cols and (not want_unique or (unique and len(have) == len(cols)))
                    for _name, unique, have in existing)
-
-    @available
-    def sentinel_drop_served_indexes(self, relation: Any) -> str:
-        """After dbt's configured indexes: drop the materialization's locator index where one of
-        them leads with its columns (`install.drop_served_locator`)."""
-        conn = self.connections.get_thread_connection()
-        with conn.handle.cursor() as cur:
-            drop_served_locator(cur, f"{relation.schema}.{relation.identifier}")
-        return ""
 
 
 Plugin = AdapterPlugin(

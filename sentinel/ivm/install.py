@@ -50,7 +50,8 @@ class DeployResult:
 
 def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: list[str] | None = None,
                  force: bool = False, connect: Callable[[], Any] | None = None,
-                 on_step: Callable[[str], None] = lambda _msg: None) -> DeployResult:
+                 on_step: Callable[[str], None] = lambda _msg: None,
+                 indexes: list[dict] | None = None) -> DeployResult:
     """Create or update a maintained model so that it equals its SQL and stays so.
 
     With `connect` (new connections to the same database, as the same role), the new content is
@@ -60,7 +61,9 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
     steps would wait for it), it is computed under the lock. A failed online deploy rolls this
     transaction back before removing its capture triggers. After committing an online deploy,
     the caller calls `online.finish(result.online)`, which drops its capture and staging tables
-    (left alone, the next deploy of the model drops them)."""
+    (left alone, the next deploy of the model drops them). `indexes` (dbt index configs): a unique
+    one on exactly the columns the model's rows are looked up by is made as that lookup's index
+    (`_ensure_indexes`), instead of a second index on the same columns."""
     p = plan(sql, model=model, relation=relation, unique_key=unique_key)
     reg = _registry(cur, relation)
     kind = _relkind(cur, relation)
@@ -95,7 +98,8 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
         staged = online.backfill(connect, p, sql=sql, model=model, unique_key=unique_key, on_step=on_step,
                                  on_staged=lambda st: _prepare_groups(cur, p, sql, st.plan.columns))
     try:
-        result = _switch(cur, p, sql=sql, reg=reg, kind=kind, roots=roots, staged=staged, on_step=on_step)
+        result = _switch(cur, p, sql=sql, reg=reg, kind=kind, roots=roots, staged=staged, on_step=on_step,
+                         indexes=indexes or [])
     except BaseException:
         if staged is not None:
             # this transaction's locks go first: the capture triggers are dropped on another connection
@@ -111,7 +115,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
 
 
 def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, roots: list[str],
-            staged: online.Staged | None, on_step: Callable[[str], None]) -> DeployResult:
+            staged: online.Staged | None, on_step: Callable[[str], None], indexes: list[dict]) -> DeployResult:
     """Under the lock: the new content (computed, or the staged one caught up), the table, the triggers."""
     model, relation = p.model, p.relation
     marks = [("asked", time.perf_counter())]  # the switch's steps, for an online deploy's report
@@ -161,7 +165,7 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
         cur.execute(f"drop table {tmp}")
     if p.shape == "aggregate" and result.action == "diffed":
         cur.execute(f"alter table {_q(relation)} set (fillfactor = {AGGREGATE_FILLFACTOR})")
-    _ensure_indexes(cur, p)
+    _ensure_indexes(cur, p, indexes)
     _install_triggers(cur, p)
     cur.execute(
         "insert into sentinel_ivm.models (relation, model, shape, inputs, roots, columns, locator, sql, fingerprint) "
@@ -311,27 +315,25 @@ def btree_indexes(cur: Any, relation: str) -> list[tuple[str, bool, list[str]]]:
     return [(name, unique, list(cols)) for name, unique, cols in cur.fetchall()]
 
 
-def _ensure_indexes(cur: Any, p: Plan) -> None:
+def index_columns(index: dict) -> list[str]:
+    """The columns of a dbt index config (`columns` is a name or a list of them)."""
+    cols = index.get("columns")
+    return [cols] if isinstance(cols, str) else list(cols or [])
+
+
+def _ensure_indexes(cur: Any, p: Plan, indexes: list[dict] = ()) -> None:
+    """The model's own index: unique on its group keys (an aggregate), else on the columns its rows
+    are looked up by (the locator), unless one of the table's indexes already leads with them; that
+    index is unique when a dbt config (`indexes`) asks for a unique one on exactly those columns, so
+    that dbt finds it made (`sentinel_index_covered`) rather than adding a second to maintain."""
     if p.shape == "aggregate":
         cur.execute(f"create unique index if not exists {_qi(_short(p.relation, 'key'))} on {_q(p.relation)} "
                     f"({_cols(p.group_keys)}) nulls not distinct")
     elif p.locator and not any(cols[:len(p.locator)] == p.locator for _n, _u, cols in btree_indexes(cur, p.relation)):
-        # (a kept table's index that leads with the locator's columns serves its matches)
-        cur.execute(f"create index if not exists {_qi(_short(p.relation, 'loc'))} on {_q(p.relation)} "
-                    f"({_cols(p.locator)})")
-
-
-def drop_served_locator(cur: Any, relation: str) -> bool:
-    """Drop the locator index the materialization made when another index leads with the same
-    columns (the unique one a dbt config asks for): two copies would only slow every maintained
-    write. True when it went."""
-    own = _short(relation, "loc")
-    indexes = btree_indexes(cur, relation)
-    mine = next((cols for name, _u, cols in indexes if name == own), None)
-    if mine is None or not any(name != own and cols[:len(mine)] == mine for name, _u, cols in indexes):
-        return False
-    cur.execute(f"drop index {_qi(relation.split('.')[0])}.{_qi(own)}")
-    return True
+        unique = any(i.get("unique") and i.get("type") in (None, "btree") and index_columns(i) == p.locator
+                     for i in indexes)
+        cur.execute(f"create {'unique ' if unique else ''}index if not exists {_qi(_short(p.relation, 'loc'))} "
+                    f"on {_q(p.relation)} ({_cols(p.locator)})")
 
 
 def _in_group(p: Plan) -> bool:

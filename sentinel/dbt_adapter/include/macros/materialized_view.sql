@@ -7,7 +7,8 @@
     {{ run_hooks(pre_hooks, inside_transaction=False) }}
     {{ run_hooks(pre_hooks, inside_transaction=True) }}
 
-    {%- set message = adapter.sentinel_ivm_deploy(model['name'], target_relation, sql, config.get('unique_key')) -%}
+    {%- set message = adapter.sentinel_ivm_deploy(model['name'], target_relation, sql, config.get('unique_key'),
+                                                  config.get('indexes', default=[])) -%}
     {% call statement('main') -%}
         select {{ dbt.string_literal('sentinel ivm: ' ~ message) }} as status
     {%- endcall %}
@@ -19,8 +20,6 @@
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
-    {#- the materialization's own locator index goes where a configured one serves its matches -#}
-    {% do adapter.sentinel_drop_served_indexes(target_relation) %}
     {% do apply_grants(target_relation, config.get('grants'), should_revoke=True) %}
     {% do persist_docs(target_relation, model) %}
 
