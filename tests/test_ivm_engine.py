@@ -658,3 +658,44 @@ def test_window_group_members_share_one_sort_when_the_collation_is_bytewise(depl
 
     walk(plan)
     assert (own_sorts == []) == bytewise, own_sorts
+
+
+def test_an_earlier_builds_plain_lookup_index_beside_a_unique_one_goes_at_the_next_deploy(deployed):
+    """Earlier builds made the model's lookup index plain even where a dbt config asked for a unique
+    index on the same columns, so their tables kept two to maintain on every write. The next deploy
+    drops the plain one, whether the model changed (a diff) or not; a model without such a unique
+    index keeps its own."""
+    from sentinel.ivm.install import _short, btree_indexes
+    from tests.fixtures.ivm_models import MODELS
+
+    rel, sql, key = MODELS["high_value"]
+    sql = sql.format(db=deployed.dbname)
+    mine = _short(rel, "loc")
+    unique_cfg = [{"columns": ["txn_id"], "unique": True}]
+    with psycopg.connect(deployed.dsn) as conn:
+        cur = conn.cursor()
+
+        def indexes() -> list[tuple[str, bool, list[str]]]:
+            return [i for i in btree_indexes(cur, rel) if i[2] == ["txn_id"]]
+
+        def as_an_earlier_build_left_it() -> None:
+            cur.execute(f"drop index if exists ivm_test.{mine}")
+            cur.execute(f"create index {mine} on {rel} (txn_id)")
+            cur.execute(f"create unique index if not exists high_value_dbt_key on {rel} (txn_id)")
+
+        as_an_earlier_build_left_it()
+        assert len(indexes()) == 2
+        assert deploy_model(cur, model="high_value", relation=rel, sql=sql, unique_key=key,
+                            indexes=unique_cfg).action == "unchanged"
+        assert indexes() == [("high_value_dbt_key", True, ["txn_id"])]
+        as_an_earlier_build_left_it()
+        changed = sql + "\n-- a comment: the same content, deployed again"
+        assert deploy_model(cur, model="high_value", relation=rel, sql=changed, unique_key=key,
+                            indexes=unique_cfg).action == "diffed"
+        assert indexes() == [("high_value_dbt_key", True, ["txn_id"])]
+        # with no unique one beside it, the lookup index stays
+        cur.execute("drop index ivm_test.high_value_dbt_key")
+        cur.execute(f"create index {mine} on {rel} (txn_id)")
+        deploy_model(cur, model="high_value", relation=rel, sql=sql, unique_key=key, indexes=unique_cfg)
+        assert indexes() == [(mine, False, ["txn_id"])]
+        conn.rollback()

@@ -75,6 +75,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
             online.cleanup(cur, relation)
     if (not force and reg and reg["fingerprint"] == p.fingerprint and kind == "r"
             and _triggers_present(cur, p)):
+        _retire_duplicate_locator(cur, p)
         return DeployResult(relation, p.shape, "unchanged")
     for rel in p.inputs:
         k = _relkind(cur, rel)
@@ -334,6 +335,23 @@ def _ensure_indexes(cur: Any, p: Plan, indexes: list[dict] = ()) -> None:
                      for i in indexes)
         cur.execute(f"create {'unique ' if unique else ''}index if not exists {_qi(_short(p.relation, 'loc'))} "
                     f"on {_q(p.relation)} ({_cols(p.locator)})")
+    _retire_duplicate_locator(cur, p)
+
+
+def _retire_duplicate_locator(cur: Any, p: Plan) -> None:
+    """Drop the model's own lookup index where another index is unique on exactly its columns.
+
+    Earlier builds made the lookup index plain even where a dbt config asked for a unique one on
+    the same columns, so such a table has both (`flagged_transactions`' `(txn_id, rule)`), and
+    every write maintained two; the unique one serves the lookups as well. One catalog query when
+    there is nothing to drop; the drop itself holds the table's writers for a moment, once."""
+    if not p.locator or p.shape == "aggregate":
+        return
+    mine = _short(p.relation, "loc")
+    existing = btree_indexes(cur, p.relation)
+    if (any(name == mine and not unique for name, unique, _ in existing)
+            and any(name != mine and unique and cols == p.locator for name, unique, cols in existing)):
+        cur.execute(f"drop index {_qi(p.relation.split('.')[0])}.{_qi(mine)}")
 
 
 def _in_group(p: Plan) -> bool:
