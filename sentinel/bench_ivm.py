@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=10_000,
                     help="rows per batch (as `sentinel load --batch-rows`; a batch also leaves after 200 ms)")
     ap.add_argument("--history", type=int, default=1_000_000, help="rows of history before the second run")
+    ap.add_argument("--recompute-at", type=int, default=1_000_000,
+                    help="rows in the table where fraud.flagged_transactions' full recomputation is timed "
+                         "during the history load (or its end, if it ends before)")
     ap.add_argument("--cards", type=int, default=100_000)
     ap.add_argument("--writers", type=int, default=2,
                     help="loader connections writing in parallel (as `sentinel load --writers`)")
@@ -300,6 +303,37 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for k, v in figures.items():
             out.print(f"{k}: {v}")
+
+
+def _count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("select count(*) from fraud.transactions").fetchone()[0]
+
+
+def recompute_flagged(dsn: str) -> dict:
+    """The full recomputation of fraud.flagged_transactions from the source: its SQL and the SQL of
+    every maintained model upstream of it (the rules and their helpers), each evaluated in full
+    over the current tables, in dependency order, as a refresh that is not incremental would (it
+    would also write the results; `count(*)` here does not)."""
+    with psycopg.connect(dsn) as conn:
+        models = {rel: (sql, inputs) for rel, sql, inputs in
+                  conn.execute("select relation, sql, inputs from sentinel_ivm.models").fetchall()}
+        order: list[str] = []
+
+        def visit(rel: str) -> None:
+            if rel in models and rel not in order:
+                for upstream in models[rel][1]:
+                    visit(upstream)
+                order.append(rel)
+
+        visit("fraud.flagged_transactions")
+        n = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
+        t = time.perf_counter()
+        for rel in order:
+            conn.execute(f"select count(*) from ({models[rel][0]}) x")
+        s = time.perf_counter() - t
+        conn.rollback()
+    return {"flagged_recompute_rows": n, "flagged_recompute_s": round(s, 2), "flagged_recompute_models": len(order)}
 
 
 def raw_and_empty(dsn: str, args: argparse.Namespace, *, parallel: bool = False) -> dict:
@@ -358,7 +392,26 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # so each card's windows and first uses meet its own past, as in production.
             console.print(f"loading {args.history:,} rows of history ...")
             rows = stream(3, None, args.cards, after=latest_event(dsn))  # as long as the phases below take
-            ingest(dsn, head(rows, args.history), batch=args.batch, writers=args.writers)
+            # the history in two parts: up to `--recompute-at` rows in the table (or all of it, if it
+            # ends before), where fraud.flagged_transactions' full recomputation is timed against
+            # the incremental batches that follow it
+            before = _count(dsn)
+            first = min(args.history, max(0, args.recompute_at - before))
+            seg_rate, seg_ms = ingest(dsn, head(rows, first), batch=args.batch, writers=args.writers)
+            with psycopg.connect(dsn, autocommit=True) as ac:
+                ac.execute("vacuum analyze")
+            figures.update(recompute_flagged(dsn))
+            rest = args.history - first
+            if rest:
+                # the batches right after it (as many rows as a timed run: a mean, not one batch),
+                # else those that led up to it
+                seg_rate, seg_ms = ingest(dsn, head(rows, min(rest, args.rows)), batch=args.batch, writers=args.writers)
+                ingest(dsn, head(rows, rest - min(rest, args.rows)), batch=args.batch, writers=args.writers)
+            figures.update(flagged_recompute_batch_ms_mean=round(seg_ms, 1), flagged_recompute_vs_batch=round(
+                figures["flagged_recompute_s"] * 1000 / seg_ms, 1) if seg_ms else None)
+            console.print(f"full recomputation of fraud.flagged_transactions at {figures['flagged_recompute_rows']:,} rows: "
+                          f"{figures['flagged_recompute_s']} s ({figures['flagged_recompute_models']} models), against "
+                          f"{seg_ms:,.0f} ms per incremental batch of {args.batch:,} rows ({seg_rate:,.0f} rows/s)")
             with psycopg.connect(dsn, autocommit=True) as ac:
                 ac.execute("vacuum analyze")
             # The empty table once more, right before the history's timed runs: the machine's speed
