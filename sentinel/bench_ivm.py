@@ -355,15 +355,16 @@ def raw_and_empty(dsn: str, args: argparse.Namespace, *, parallel: bool = False)
     return out
 
 
-def empty_again(admin: str, passwords: dict[str, str], tmp: Path, args: argparse.Namespace) -> dict:
+def empty_again(admin: str, passwords: dict[str, str], tmp: Path, args: argparse.Namespace,
+                suffix: str = "adjacent") -> dict:
     """The empty-table run repeated in a second scratch database, the same stream as the first:
-    the empty rate next to the history's in time."""
+    the empty rate next to the history's in time (its figures named `..._<suffix>`)."""
     with scratch_database(admin, role_passwords=passwords) as dsn:
-        run_dbt(["run"], dsn=dsn, target_path=tmp / "target-empty", log_path=tmp / "logs-empty")
+        run_dbt(["run"], dsn=dsn, target_path=tmp / f"target-{suffix}", log_path=tmp / f"logs-{suffix}")
         e = raw_and_empty(dsn, args)
-    return {"raw_copy_rows_per_s_adjacent": round(e["raw"]), "models_rows_per_s_empty_adjacent": round(e["rate"]),
-            "models_vs_raw_adjacent": round(e["rate"] / e["raw"], 2),
-            "batch_ms_mean_empty_adjacent": round(e["batch_ms"], 1)}
+    return {f"raw_copy_rows_per_s_{suffix}": round(e["raw"]), f"models_rows_per_s_empty_{suffix}": round(e["rate"]),
+            f"models_vs_raw_{suffix}": round(e["rate"] / e["raw"], 2),
+            f"batch_ms_mean_empty_{suffix}": round(e["batch_ms"], 1)}
 
 
 def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -442,6 +443,14 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
                            batch_ms_mean_late=round(late_batch_ms, 1), late_share=0.01, late_by_rows=late_by)
             console.print(f"with 1 % of the rows {late_by:,} rows late: {late_rate:,.0f} rows/s "
                           f"({figures['late_vs_steady']}x in order)")
+            # ... and once more right after them (after the late run, as its checkpoint is the
+            # server's): the two empty runs bracket the history's, so the ratio to their mean
+            # cancels a drift of the machine that is steady over those minutes
+            after = empty_again(admin, passwords, tmp, args, suffix="after")
+            figures.update(after)
+            bracket = (adjacent["models_rows_per_s_empty_adjacent"] + after["models_rows_per_s_empty_after"]) / 2
+            console.print(f"empty table after them: {after['models_rows_per_s_empty_after']:,} rows/s, raw COPY "
+                          f"{after['raw_copy_rows_per_s_after']:,} rows/s")
             # A detection engineer's `dbt run` of a changed model while the loader writes.
             rd = redeploy_under_load(dsn, rows, batch=args.batch, writers=args.writers)
             figures.update(rd)
@@ -465,15 +474,19 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
                            history_vs_empty_adjacent=round(hist_rate / adjacent["models_rows_per_s_empty_adjacent"], 2),
                            history_steady_vs_empty_adjacent=round(
                                steady_rate / adjacent["models_rows_per_s_empty_adjacent"], 2),
+                           history_vs_empty_bracket=round(hist_rate / bracket, 2),
+                           history_steady_vs_empty_bracket=round(steady_rate / bracket, 2),
                            **_deltas(c0, c1, args.rows, "history"),
                            models_rows_per_s_history_steady=round(steady_rate),
                            history_steady_vs_empty=round(steady_rate / empty_rate, 2),
                            batch_ms_mean_history_steady=round(steady_batch_ms, 1),
                            **_deltas(c1, c2, args.rows, "history_steady"))
             console.print(f"after {n - args.rows:,} rows of history {hist_rate:,.0f} rows/s ({hist_rate / empty_rate:.2f}x "
-                          f"empty, {figures['history_vs_empty_adjacent']:.2f}x the empty run next to it) right after a "
+                          f"empty, {figures['history_vs_empty_adjacent']:.2f}x the empty run next to it, "
+                          f"{figures['history_vs_empty_bracket']:.2f}x the mean of those before and after) right after a "
                           f"checkpoint, {steady_rate:,.0f} rows/s ({steady_rate / empty_rate:.2f}x, "
-                          f"{figures['history_steady_vs_empty_adjacent']:.2f}x) continuing")
+                          f"{figures['history_steady_vs_empty_adjacent']:.2f}x, "
+                          f"{figures['history_steady_vs_empty_bracket']:.2f}x) continuing")
         with psycopg.connect(dsn) as conn:
             # the full recomputation: every model's SQL, evaluated from the source
             chain = conn.execute("select relation, sql from sentinel_ivm.models").fetchall()

@@ -68,6 +68,9 @@ def test_bench_produces_every_figure(tmp_path):
     # the empty run again, next to the history's timed runs, and the history's ratios to it
     assert ivm["models_rows_per_s_empty_adjacent"] > 0 and ivm["raw_copy_rows_per_s_adjacent"] > 0, ivm
     assert ivm["history_vs_empty_adjacent"] > 0 and ivm["history_steady_vs_empty_adjacent"] > 0, ivm
+    # ... and once more after them: the history's ratios to the mean of the two
+    assert ivm["models_rows_per_s_empty_after"] > 0 and ivm["raw_copy_rows_per_s_after"] > 0, ivm
+    assert ivm["history_vs_empty_bracket"] > 0 and ivm["history_steady_vs_empty_bracket"] > 0, ivm
     # fraud.flagged_transactions recomputed in full (here at the history's end: it is under 1M rows),
     # its chain of rules and helpers, against the incremental batches
     assert ivm["flagged_recompute_rows"] >= 4000 and ivm["flagged_recompute_models"] >= 8, ivm
