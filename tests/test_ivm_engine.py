@@ -663,8 +663,9 @@ def test_window_group_members_share_one_sort_when_the_collation_is_bytewise(depl
 def test_an_earlier_builds_plain_lookup_index_beside_a_unique_one_goes_at_the_next_deploy(deployed):
     """Earlier builds made the model's lookup index plain even where a dbt config asked for a unique
     index on the same columns, so their tables kept two to maintain on every write. The next deploy
-    drops the plain one, whether the model changed (a diff) or not; a model without such a unique
-    index keeps its own."""
+    drops the plain one, whether the model changed (a diff) or not, and so beside any other index
+    that leads with its columns; a unique one of ours (the configured one) stays, and so does a lone
+    one. An unchanged deploy with nothing to change runs no DDL: it does not wait for a writer."""
     from sentinel.ivm.install import _short, btree_indexes
     from tests.fixtures.ivm_models import MODELS
 
@@ -676,26 +677,44 @@ def test_an_earlier_builds_plain_lookup_index_beside_a_unique_one_goes_at_the_ne
         cur = conn.cursor()
 
         def indexes() -> list[tuple[str, bool, list[str]]]:
-            return [i for i in btree_indexes(cur, rel) if i[2] == ["txn_id"]]
+            return [i for i in btree_indexes(cur, rel) if i[2][:1] == ["txn_id"]]
 
-        def as_an_earlier_build_left_it() -> None:
+        def ours(unique: bool, other: str) -> None:
             cur.execute(f"drop index if exists ivm_test.{mine}")
-            cur.execute(f"create index {mine} on {rel} (txn_id)")
-            cur.execute(f"create unique index if not exists high_value_dbt_key on {rel} (txn_id)")
+            cur.execute(f"create {'unique ' if unique else ''}index {mine} on {rel} (txn_id)")
+            cur.execute(other)
 
-        as_an_earlier_build_left_it()
+        def deploy(model_sql: str) -> str:
+            return deploy_model(cur, model="high_value", relation=rel, sql=model_sql, unique_key=key,
+                                indexes=unique_cfg).action
+
+        dbt_key = f"create unique index if not exists high_value_dbt_key on {rel} (txn_id)"
+        ours(False, dbt_key)  # as an earlier build left it
         assert len(indexes()) == 2
-        assert deploy_model(cur, model="high_value", relation=rel, sql=sql, unique_key=key,
-                            indexes=unique_cfg).action == "unchanged"
+        assert deploy(sql) == "unchanged"
         assert indexes() == [("high_value_dbt_key", True, ["txn_id"])]
-        as_an_earlier_build_left_it()
+        ours(False, dbt_key)
         changed = sql + "\n-- a comment: the same content, deployed again"
-        assert deploy_model(cur, model="high_value", relation=rel, sql=changed, unique_key=key,
-                            indexes=unique_cfg).action == "diffed"
+        assert deploy(changed) == "diffed"
         assert indexes() == [("high_value_dbt_key", True, ["txn_id"])]
-        # with no unique one beside it, the lookup index stays
         cur.execute("drop index ivm_test.high_value_dbt_key")
-        cur.execute(f"create index {mine} on {rel} (txn_id)")
-        deploy_model(cur, model="high_value", relation=rel, sql=sql, unique_key=key, indexes=unique_cfg)
+        # beside a longer plain index that leads with its columns, a plain one of ours goes too ...
+        ours(False, f"create index high_value_wide on {rel} (txn_id, amount)")
+        deploy(sql)
+        assert indexes() == [("high_value_wide", False, ["txn_id", "amount"])]
+        # ... but a unique one of ours stays: it enforces what the config asks
+        ours(True, "select 1")
+        deploy(changed)
+        assert sorted(indexes()) == [("high_value_wide", False, ["txn_id", "amount"]), (mine, True, ["txn_id"])]
+        # alone, a plain one of ours stays
+        cur.execute("drop index ivm_test.high_value_wide")
+        ours(False, "select 1")
+        deploy(sql)
         assert indexes() == [(mine, False, ["txn_id"])]
-        conn.rollback()
+        conn.commit()
+        # nothing to change: an unchanged deploy does not wait for a writer holding the table
+        with psycopg.connect(deployed.dsn) as writer:
+            writer.execute(f"lock table {rel} in row exclusive mode")
+            cur.execute("set local lock_timeout = '2s'")
+            assert deploy(sql) == "unchanged"
+            conn.rollback()

@@ -75,7 +75,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
             online.cleanup(cur, relation)
     if (not force and reg and reg["fingerprint"] == p.fingerprint and kind == "r"
             and _triggers_present(cur, p)):
-        _retire_duplicate_locator(cur, p)
+        _ensure_indexes(cur, p, indexes or [])
         return DeployResult(relation, p.shape, "unchanged")
     for rel in p.inputs:
         k = _relkind(cur, rel)
@@ -323,35 +323,34 @@ def index_columns(index: dict) -> list[str]:
 
 
 def _ensure_indexes(cur: Any, p: Plan, indexes: list[dict] = ()) -> None:
-    """The model's own index: unique on its group keys (an aggregate), else on the columns its rows
-    are looked up by (the locator), unless one of the table's indexes already leads with them; that
-    index is unique when a dbt config (`indexes`) asks for a unique one on exactly those columns, so
-    that dbt finds it made (`sentinel_index_covered`) rather than adding a second to maintain."""
+    """The model's own index, made equal to what the table needs, with DDL only where it changes
+    (an unchanged deploy calls this too, and must not wait on writers for nothing).
+
+    An aggregate's: unique on its group keys (the upserts' conflict target). Else the one on the
+    columns its rows are looked up by (the locator), which any index leading with those columns
+    serves as well: none is made when the table has such an index, and a plain one of ours goes
+    when another index serves (an earlier build made it plain beside a configured unique one, so
+    such tables maintained two on every write: `flagged_transactions`' `(txn_id, rule)`). Ours is
+    unique when a dbt config (`indexes`) asks for a unique index on exactly those columns, so
+    that dbt finds it made (`sentinel_index_covered`) rather than adding a second; a unique one
+    of ours is kept, as it is the one that enforces that."""
+    existing = btree_indexes(cur, p.relation)
     if p.shape == "aggregate":
-        cur.execute(f"create unique index if not exists {_qi(_short(p.relation, 'key'))} on {_q(p.relation)} "
-                    f"({_cols(p.group_keys)}) nulls not distinct")
-    elif p.locator and not any(cols[:len(p.locator)] == p.locator for _n, _u, cols in btree_indexes(cur, p.relation)):
-        unique = any(i.get("unique") and i.get("type") in (None, "btree") and index_columns(i) == p.locator
-                     for i in indexes)
-        cur.execute(f"create {'unique ' if unique else ''}index if not exists {_qi(_short(p.relation, 'loc'))} "
-                    f"on {_q(p.relation)} ({_cols(p.locator)})")
-    _retire_duplicate_locator(cur, p)
-
-
-def _retire_duplicate_locator(cur: Any, p: Plan) -> None:
-    """Drop the model's own lookup index where another index is unique on exactly its columns.
-
-    Earlier builds made the lookup index plain even where a dbt config asked for a unique one on
-    the same columns, so such a table has both (`flagged_transactions`' `(txn_id, rule)`), and
-    every write maintained two; the unique one serves the lookups as well. One catalog query when
-    there is nothing to drop; the drop itself holds the table's writers for a moment, once."""
-    if not p.locator or p.shape == "aggregate":
+        key = _short(p.relation, "key")
+        if not any(name == key for name, _u, _c in existing):
+            cur.execute(f"create unique index if not exists {_qi(key)} on {_q(p.relation)} ({_cols(p.group_keys)}) nulls not distinct")
+        return
+    if not p.locator:
         return
     mine = _short(p.relation, "loc")
-    existing = btree_indexes(cur, p.relation)
-    if (any(name == mine and not unique for name, unique, _ in existing)
-            and any(name != mine and unique and cols == p.locator for name, unique, cols in existing)):
+    ours = [unique for name, unique, _c in existing if name == mine]
+    served = any(name != mine and cols[:len(p.locator)] == p.locator for name, _u, cols in existing)
+    if served and ours and not ours[0]:
         cur.execute(f"drop index {_qi(p.relation.split('.')[0])}.{_qi(mine)}")
+    elif not served and not ours:
+        unique = any(i.get("unique") and i.get("type") in (None, "btree") and index_columns(i) == p.locator
+                     for i in indexes)
+        cur.execute(f"create {'unique ' if unique else ''}index if not exists {_qi(mine)} on {_q(p.relation)} ({_cols(p.locator)})")
 
 
 def _in_group(p: Plan) -> bool:
