@@ -4,6 +4,9 @@ its cards' history), and a full recomputation of the models (and of fraud.flagge
 1M rows) vs the per-batch cost. The empty run is repeated in a second scratch database right before
 the history's timed runs and again after them, so that their ratio need not include how the
 machine's speed drifted while the history loaded.
+Where the machine's CPU went (Linux) is measured over the raw COPY, the empty run and the history's
+continuing run: the cores busy, and CPU µs a row of the loader's own process and of the rest of the
+machine (the server, with the embedded engine).
 
     python -m sentinel.bench_ivm [--rows 200000] [--batch 10000] [--writers 2] [--history 1000000] [--recompute-at 1000000] [--dsn DSN] [--profile]
 
@@ -17,6 +20,8 @@ import argparse
 import collections
 import contextlib
 import json
+import os
+import resource
 import tempfile
 import threading
 import time
@@ -135,6 +140,38 @@ def profiling(dsn: str, on: bool) -> Iterator[dict]:
     out["profile_ms_per_1000_rows"] = {f: round(t / thousands, 2) for f, t in rows}
     for f, ms in out["profile_ms_per_1000_rows"].items():
         console.print(f"  {ms:7.2f} ms per 1,000 rows  {f}")
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, all) clock ticks of every core so far, from Linux's /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+@contextlib.contextmanager
+def cpu_use(rows: int, suffix: str) -> Iterator[dict]:
+    """Where the machine's CPU went while `rows` rows went through the block: the cores busy on
+    average, the CPU µs a row of this process (the loader: its generator and writer threads) and of
+    the rest of the machine (with the embedded engine: its server, the backends' maintenance SQL
+    above all). Figures `cpu_*_<suffix>`; none where /proc/stat is not there."""
+    out: dict = {}
+    j0, r0 = _cpu_jiffies(), resource.getrusage(resource.RUSAGE_SELF)
+    yield out
+    j1, r1 = _cpu_jiffies(), resource.getrusage(resource.RUSAGE_SELF)
+    if j0 is None or j1 is None or j1[1] == j0[1] or not rows:
+        return
+    cores = os.cpu_count() or 1
+    wall_s = (j1[1] - j0[1]) / os.sysconf("SC_CLK_TCK") / cores
+    busy_s = (j1[0] - j0[0]) / os.sysconf("SC_CLK_TCK")
+    loader_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    out.update({f"cpu_cores_busy_{suffix}": round(busy_s / wall_s, 2),
+                f"cpu_us_per_row_loader_{suffix}": round(loader_s / rows * 1e6, 1),
+                f"cpu_us_per_row_rest_{suffix}": round(max(busy_s - loader_s, 0) / rows * 1e6, 1)})
 
 
 def checkpoint(dsn: str) -> None:
@@ -355,7 +392,8 @@ def raw_and_empty(dsn: str, args: argparse.Namespace, *, parallel: bool = False)
     out: dict = {}
     raw_rows = list(generate(GeneratorConfig(seed=1, count=args.rows, cards=args.cards)))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        out["raw"] = baseline(conn, raw_rows)
+        with cpu_use(len(raw_rows), "raw") as raw_cpu:
+            out["raw"] = baseline(conn, raw_rows)
         conn.execute(f"truncate {RAW_TABLE}")
     if parallel and args.writers > 1:
         # the same rows over as many connections as the loader uses, pre-formatted: what the
@@ -363,7 +401,9 @@ def raw_and_empty(dsn: str, args: argparse.Namespace, *, parallel: bool = False)
         out["raw_parallel"] = parallel_baseline(dsn, raw_rows, args.writers)
     del raw_rows
     checkpoint(dsn)
-    out["rate"], out["batch_ms"] = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch, writers=args.writers)
+    with cpu_use(args.rows, "empty") as cpu:
+        out["rate"], out["batch_ms"] = ingest(dsn, stream(2, args.rows, args.cards), batch=args.batch, writers=args.writers)
+    out["cpu"] = {**raw_cpu, **cpu}
     return out
 
 
@@ -393,7 +433,7 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             figures["raw_copy_parallel_rows_per_s"] = round(e["raw_parallel"])
         figures.update(raw_copy_rows_per_s=round(raw_rate), models_rows_per_s_empty=round(empty_rate),
                        models_vs_raw=round(empty_rate / raw_rate, 2), batch_ms_mean_empty=round(empty_batch_ms, 1),
-                       writers=args.writers)
+                       writers=args.writers, **e["cpu"])
         pe = probe(dsn)
         figures.update(card_index_probe_us_empty=pe["us_per_card"], card_index_mb_empty=pe["index_mb"])
         if "raw_copy_parallel_rows_per_s" in figures:
@@ -442,7 +482,9 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # The same stream on, with no checkpoint in between: most pages the batches touch have
             # written their full image since the last one (where a long stream spends most of a
             # checkpoint cycle).
-            steady_rate, steady_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch, writers=args.writers)
+            with cpu_use(args.rows, "history_steady") as cpu:
+                steady_rate, steady_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch, writers=args.writers)
+            figures.update(cpu)
             c2 = counters(dsn)
             n = _count(dsn)
             # The stream on again, 1 % of its rows each delivered a whole round of batches late
