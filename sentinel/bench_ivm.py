@@ -143,14 +143,18 @@ def profiling(dsn: str, on: bool) -> Iterator[dict]:
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, all) clock ticks of every core so far, from Linux's /proc/stat; None elsewhere."""
+    """(busy, all) clock ticks of every core so far, from Linux's /proc/stat; None elsewhere. Busy is
+    user, nice, system, irq and softirq time; idle, iowait and steal (the hypervisor running
+    something else) are not. Guest time is inside user already."""
     try:
         with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
+            ticks = [int(x) for x in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle, iowait
-    return sum(ticks) - idle, sum(ticks)
+    if len(ticks) < 8:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
+    return user + nice + system + irq + softirq, sum(ticks)
 
 
 @contextlib.contextmanager
