@@ -9,7 +9,9 @@ Legitimate traffic is kept clean of the detection rules by construction: a card 
 purchase per two simulated hours, card-present purchases lie within ~10 km of the card's home
 city, amounts stay under 1,500, and a card never changes device. Each scenario makes its own
 pattern unambiguous (see the scenario functions), and cards taking part in an episode are kept
-out of normal traffic until a real traveller could be back home.
+out of normal traffic until a real traveller could be back home. The one rule normal traffic can
+trip is the amount spike: an occasional electronics or travel purchase far above a card's last few
+everyday ones, as real spending has.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import numpy as np
 from faker import Faker
 from faker.providers.geo import Provider as GeoProvider
 
-from loader.schema import FRAUD_PATTERNS, LOOKALIKE_PATTERNS
+from loader.schema import FRAUD_PATTERNS, INDEX, LOOKALIKE_PATTERNS
 from loader.writer import TIMESTAMP_FORMAT, second_text, timestamp_text
 
 SCENARIOS = FRAUD_PATTERNS + LOOKALIKE_PATTERNS
-# Share of all transactions that belong to each scenario (fraud ~1.2 %, look-alikes ~0.8 %).
+# Share of all transactions that belong to each scenario (fraud scenarios ~1.5 %, look-alikes
+# ~0.8 %; an amount spike's episode is mostly its everyday purchases, one row in 11 labelled).
 DEFAULT_SHARES: dict[str, float] = {
     "high_value": 0.002,
     "card_testing": 0.003,
@@ -40,6 +43,7 @@ DEFAULT_SHARES: dict[str, float] = {
     "impossible_travel": 0.002,
     "account_takeover": 0.001,
     "cross_border": 0.002,
+    "amount_spike": 0.002,
     "legit_flight": 0.004,
     "legit_busy_shopper": 0.004,
 }
@@ -76,6 +80,7 @@ HOURLY_RHYTHM = np.array(
      1.60, 1.50, 1.35, 1.30, 1.40, 1.60, 1.75, 1.70, 1.45, 1.10, 0.75, 0.45]
 )
 HOURLY_RHYTHM = HOURLY_RHYTHM / HOURLY_RHYTHM.mean()
+AMOUNT_SPIKE_HISTORY = 10  # the rule's frame: the previous 10 transactions (dbt var amount_spike_history_txns)
 CARD_SECONDS_PER_TXN = 7200.0  # a normal card buys about once per two (simulated) hours
 MAX_CARDS = 2_000_000
 CHUNK = 4096
@@ -328,7 +333,7 @@ class Generator:
         shares = {k: float(config.shares.get(k, 0.0)) for k in SCENARIOS}
         mean_events = {
             "high_value": 1.0, "card_testing": 9.0, "velocity": 6.5, "impossible_travel": 2.0,
-            "account_takeover": 2.0, "cross_border": 4.0, "legit_flight": 3.0,
+            "account_takeover": 2.0, "cross_border": 4.0, "amount_spike": 11.0, "legit_flight": 3.0,
             "legit_busy_shopper": 5.5,
         }
         self.scenario_names = [k for k in SCENARIOS if shares[k] > 0]
@@ -622,6 +627,29 @@ class Generator:
             amount = self.r.uniform(30.0, 600.0)
             out.append((t, self._ecom(t, card, e, amount, is_fraud=True, pattern="cross_border")))
             t += self.r.uniform(70.0, 360.0)
+        self.busy_until[card] = t + 600
+        return out
+
+    def scenario_amount_spike(self, t: float, card: int) -> list[tuple[float, tuple]]:
+        """Ten small local purchases (8.00–40.00, 2–10 min apart: never 4 within 60 s), then one at a
+        local merchant of 12–18× their average, at least 200 and at most 1,900 (under high_value's
+        2,000): the previous ten transactions of the spike are exactly those ten."""
+        w = self.world
+        city = int(w.card_city[card])
+        out = []
+        total = Decimal(0)
+        for _ in range(AMOUNT_SPIKE_HISTORY):
+            m = city * MERCHANTS_PER_CITY + self.r.randrange(MERCHANTS_PER_CITY - 1)
+            row = self._row(t, card, w.merchant_id[m], w.merchant_cat[m], self.r.uniform(8.0, 40.0), "pos",
+                            w.city_country[city], w.merchant_lat[m], w.merchant_lon[m])
+            total += row[INDEX["amount"]]  # the amount as sent (two decimals)
+            out.append((t, row))
+            t += self.r.uniform(120.0, 600.0)
+        average = float(total) / AMOUNT_SPIKE_HISTORY
+        amount = math.ceil(min(1900.0, max(200.0, average * self.r.uniform(12.0, 18.0))) * 100) / 100
+        m = city * MERCHANTS_PER_CITY + self.r.randrange(MERCHANTS_PER_CITY - 1)
+        out.append((t, self._row(t, card, w.merchant_id[m], "electronics", amount, "pos", w.city_country[city],
+                                 w.merchant_lat[m], w.merchant_lon[m], is_fraud=True, pattern="amount_spike")))
         self.busy_until[card] = t + 600
         return out
 

@@ -41,6 +41,7 @@ FRAUD_PATTERNS = (
     "impossible_travel",
     "account_takeover",
     "cross_border",
+    "amount_spike",
 )
 LOOKALIKE_PATTERNS = ("legit_flight", "legit_busy_shopper")
 

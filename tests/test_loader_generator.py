@@ -92,6 +92,27 @@ def test_card_testing_account_takeover_cross_border(stream: list[tuple]) -> None
     assert seen_testing and seen_ato and seen_border
 
 
+def test_amount_spike_is_far_above_the_cards_previous_ten(stream: list[tuple]) -> None:
+    """The rule's terms (dbt vars' defaults): over the spike's previous 10 transactions of its card,
+    by (event_time, txn_id), at least 5 exist, amount >= 200 and amount > 10x their average; and
+    high_value (> 2,000) does not fire on it."""
+    spikes = 0
+    for txns in _by_card(stream).values():
+        for k, row in enumerate(txns):
+            if row[C["fraud_pattern"]] != "amount_spike":
+                continue
+            spikes += 1
+            previous = txns[max(0, k - 10):k]
+            assert len(previous) == 10 and all(r[C["fraud_pattern"]] is None for r in previous)
+            total = sum(r[C["amount"]] for r in previous)
+            assert row[C["amount"]] >= 200 and row[C["amount"]] * len(previous) > 10 * total, (row, total)
+            assert row[C["amount"]] <= 2000 and row[C["is_fraud"]]
+            assert all(8 <= r[C["amount"]] <= 40 for r in previous)
+            gaps = [(b[C["event_time"]] - a[C["event_time"]]).total_seconds() for a, b in zip(previous, previous[1:])]
+            assert min(gaps) >= 120  # never velocity
+    assert spikes >= 20
+
+
 def test_late_events_are_out_of_order_within_the_delay() -> None:
     rows = list(generate(GeneratorConfig(seed=3, count=5000, late_share=0.2, max_delay_s=20.0)))
     times = [r[C["event_time"]] for r in rows]
