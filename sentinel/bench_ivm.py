@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -158,8 +158,9 @@ def _cpu_jiffies() -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def cpu_use(rows: int, suffix: str) -> Iterator[dict]:
-    """Where the machine's CPU went while `rows` rows went through the block: the cores busy on
+def cpu_use(rows: int | Callable[[], int], suffix: str) -> Iterator[dict]:
+    """Where the machine's CPU went while `rows` rows (or as many as `rows()` counts once the block
+    is over, outside the measurement) went through the block: the cores busy on
     average, the CPU µs a row of this process (the loader: its generator and writer threads) and of
     the rest of the machine (with the embedded engine: its server, the backends' maintenance SQL
     above all). Figures `cpu_*_<suffix>`; none where /proc/stat is not there."""
@@ -167,6 +168,7 @@ def cpu_use(rows: int, suffix: str) -> Iterator[dict]:
     j0, r0 = _cpu_jiffies(), resource.getrusage(resource.RUSAGE_SELF)
     yield out
     j1, r1 = _cpu_jiffies(), resource.getrusage(resource.RUSAGE_SELF)
+    rows = rows() if callable(rows) else rows
     if j0 is None or j1 is None or j1[1] == j0[1] or not rows:
         return
     cores = os.cpu_count() or 1
@@ -486,7 +488,8 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             # The same stream on, with no checkpoint in between: most pages the batches touch have
             # written their full image since the last one (where a long stream spends most of a
             # checkpoint cycle).
-            with cpu_use(args.rows, "history_steady") as cpu:
+            before_steady = _count(dsn)
+            with cpu_use(lambda: _count(dsn) - before_steady, "history_steady") as cpu:
                 steady_rate, steady_batch_ms = ingest(dsn, head(rows, args.rows), batch=args.batch, writers=args.writers)
             figures.update(cpu)
             c2 = counters(dsn)
