@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import smtplib
@@ -18,6 +19,8 @@ from typing import IO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from alerts.model import Alert
+
+log = logging.getLogger("alerts")
 
 SINK_USAGE = (
     "expected stdout, file:PATH, webhook:http(s)://HOST[:PORT]/PATH or "
@@ -87,7 +90,11 @@ class StdoutSink(Sink):
 
 
 class FileSink(Sink):
-    """NDJSON appended to a file, flushed (and optionally fsynced) per batch."""
+    """NDJSON appended to a file, each batch one write (and optionally fsynced).
+
+    A write cut short (the listener killed mid-batch, a full disk) can leave a last line without
+    its newline. Its alerts were not acknowledged, so they are delivered again; before appending,
+    the sink cuts that torn tail off, so every line of the file stays one whole JSON document."""
 
     kind = "file"
 
@@ -95,36 +102,62 @@ class FileSink(Sink):
         super().__init__(name or f"file:{path}")
         self.path = path
         self.fsync = fsync
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
 
     def deliver(self, alerts: Sequence[Alert]) -> None:
+        data = "".join(alert.line + "\n" for alert in alerts).encode("utf-8")
         try:
-            if self._file is not None and self._rotated():
+            if self._fd is not None and self._rotated():
                 self.close()
-            if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-            self._file.write("".join(alert.line + "\n" for alert in alerts))
-            self._file.flush()
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                self._cut_torn_tail(self._fd)
+            view = memoryview(data)
+            while view:  # one write(2) unless the kernel takes less
+                view = view[os.write(self._fd, view):]
             if self.fsync:
-                os.fsync(self._file.fileno())
+                os.fsync(self._fd)
         except OSError as exc:
+            # what this batch wrote, if anything, is cut off as a torn tail at the next open
             self.close()
             raise DeliveryError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def _cut_torn_tail(self, fd: int) -> None:
+        """Truncate the file after its last newline if it does not end with one."""
+        size = os.fstat(fd).st_size
+        if not size:
+            return
+        with open(self.path, "rb") as f:
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                f.seek(start)
+                chunk = f.read(end - start)
+                if end == size and chunk.endswith(b"\n"):
+                    return
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+        os.ftruncate(fd, end)
+        log.warning("%s: cut a torn last line of %d bytes (an interrupted write; its alerts are "
+                    "delivered again)", self.name, size - end)
 
     def _rotated(self) -> bool:
         """Whether the path now names another file (moved or removed by log rotation)."""
         try:
-            return os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+            return os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
         except OSError:
             return True
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             try:
-                self._file.close()
+                os.close(self._fd)
             except OSError:
                 pass
-            self._file = None
+            self._fd = None
 
 
 def slack_text(alert: Alert) -> str:

@@ -346,6 +346,27 @@ def test_file_sink_follows_log_rotation(tmp_path):
     assert len(read_ndjson(path)) == 2 and len(read_ndjson(tmp_path / "rot.ndjson.1")) == 1
 
 
+@pytest.mark.parametrize("tail", ["", '{"alert_id": "t0:r", "op"', "x" * 100_000], ids=["whole", "torn", "long-torn"])
+def test_file_sink_cuts_a_torn_last_line_before_appending(tmp_path, tail):
+    """A write cut short (kill -9 mid-batch) leaves a line without its newline; its alerts are
+    delivered again, so the sink cuts it off at open: every line stays whole JSON."""
+    from alerts.model import make_alert
+
+    path = tmp_path / "torn.ndjson"
+    first = make_alert(seq=1, op="+", row={"txn_id": "t1", "rule": "r"}, flagged_at=None)
+    second = make_alert(seq=2, op="+", row={"txn_id": "t2", "rule": "r"}, flagged_at=None)
+    path.write_text(first.line + "\n" + tail, encoding="utf-8")
+    sink = FileSink(str(path))
+    sink.deliver([second])
+    sink.close()
+    assert path.read_text(encoding="utf-8") == first.line + "\n" + second.line + "\n"
+    # a file that is nothing but a fragment
+    path.write_text("x" * 70_000, encoding="utf-8")
+    sink.deliver([first])
+    sink.close()
+    assert path.read_text(encoding="utf-8") == first.line + "\n"
+
+
 def test_run_until_stop_event_reports_stats(alerts_db, tmp_path):
     path = tmp_path / "run.ndjson"
     stop = threading.Event()
