@@ -4,7 +4,7 @@ its cards' history), and a full recomputation of the models (and of fraud.flagge
 1M rows) vs the per-batch cost. The empty run is repeated in a second scratch database right before
 the history's timed runs and again after them, so that their ratio need not include how the
 machine's speed drifted while the history loaded.
-Where the machine's CPU went (Linux) is measured over the raw COPY, the empty run and the history's
+Where the machine's CPU went (Linux) is measured over the raw COPY, each empty run and the history's
 continuing run: the cores busy, and CPU µs a row of the loader's own process and of the rest of the
 machine (the server, with the embedded engine).
 
@@ -349,6 +349,12 @@ def main(argv: list[str] | None = None) -> None:
             out.print(f"{k}: {v}")
 
 
+def _vacuum_analyze(dsn: str) -> None:
+    """After a history load: the visibility map and statistics the timed runs' plans rely on."""
+    with psycopg.connect(dsn, autocommit=True) as ac:
+        ac.execute("vacuum analyze")
+
+
 def _count(dsn: str) -> int:
     """The rows in fraud.transactions."""
     with psycopg.connect(dsn) as conn:
@@ -422,7 +428,8 @@ def empty_again(admin: str, passwords: dict[str, str], tmp: Path, args: argparse
         e = raw_and_empty(dsn, args)
     return {f"raw_copy_rows_per_s_{suffix}": round(e["raw"]), f"models_rows_per_s_empty_{suffix}": round(e["rate"]),
             f"models_vs_raw_{suffix}": round(e["rate"] / e["raw"], 2),
-            f"batch_ms_mean_empty_{suffix}": round(e["batch_ms"], 1)}
+            f"batch_ms_mean_empty_{suffix}": round(e["batch_ms"], 1),
+            **{f"{k}_{suffix}": v for k, v in e["cpu"].items()}}
 
 
 def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -457,8 +464,7 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
             before = _count(dsn)
             first = min(args.history, max(0, args.recompute_at - before))
             seg_rate, seg_ms = ingest(dsn, head(rows, first), batch=args.batch, writers=args.writers)
-            with psycopg.connect(dsn, autocommit=True) as ac:
-                ac.execute("vacuum analyze")
+            _vacuum_analyze(dsn)
             figures.update(recompute_flagged(dsn))
             rest = args.history - first
             if rest:
@@ -466,8 +472,7 @@ def run(admin: str, args: argparse.Namespace, tmp: Path) -> dict:
                 # else those that led up to it
                 seg_rate, seg_ms = ingest(dsn, head(rows, min(rest, args.rows)), batch=args.batch, writers=args.writers)
                 ingest(dsn, head(rows, rest - min(rest, args.rows)), batch=args.batch, writers=args.writers)
-                with psycopg.connect(dsn, autocommit=True) as ac:
-                    ac.execute("vacuum analyze")
+                _vacuum_analyze(dsn)
             figures.update(flagged_recompute_batch_ms_mean=round(seg_ms, 1), flagged_recompute_vs_batch=round(
                 figures["flagged_recompute_s"] * 1000 / seg_ms, 1) if seg_ms else None)
             console.print(f"full recomputation of fraud.flagged_transactions at {figures['flagged_recompute_rows']:,} rows: "
