@@ -10,9 +10,7 @@ if __name__ == "__main__":  # `python -m loader.cli`: a Ctrl-C while the modules
 import json
 import logging
 import random
-import signal
 import sys
-import threading
 from datetime import datetime, timezone
 from itertools import chain, islice
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import click
 
 from loader.generator import DEFAULT_SHARES, SCENARIOS, Generator, GeneratorConfig
-from loader.load import LoadSummary, Progress, load as run_load
+from loader.load import LoadSummary, Progress, StopSignals, load as run_load
 from loader.replay import Rejects, ReplayError, parse_map, replay
 from loader.schema import FRAUD_PATTERNS, RowError, parse_time
 from loader.writer import Writers, WriterError
@@ -133,86 +131,86 @@ def load(
         raise click.UsageError("--speedup replays a file's own pace; use it with --from")
     dsn = resolve_dsn("loader", settings=ctx.find_object(Settings), dsn=dsn)
 
-    extra: dict = {}
-    rejects_sink: Rejects | None = None
-    generator: Generator | None = None
-    try:
-        if source is not None:
-            rejects_path = rejects or source.with_name(source.name + ".rejects.ndjson")
-            rejects_sink = Rejects(rejects_path)
-            rows = replay(source, mapping=parse_map(maps), fmt=fmt, rejects=rejects_sink)
-            first = next(rows, None)  # surfaces header problems before connecting
-            extra.update(source=str(source), rejects_file=str(rejects_path))
-            rows = chain(() if first is None else (first,), rows)
-            if count is not None:
-                rows = islice(rows, count)
-        else:
-            if seed is None:
-                seed = random.SystemRandom().randrange(2**31)
-            start_at = None
-            if start:
-                start_at = datetime.now(timezone.utc) if start == "now" else parse_time(start)
-            config = GeneratorConfig(
-                seed=seed, count=count, rate=rate, sim_rate=sim_rate, start=start_at,
-                shares=parse_shares(shares, fraud_share), late_share=late_share,
-                max_delay_s=max_delay, cards=cards,
-            )
-            generator = Generator(config)  # checks the config before connecting
-            extra.update(source="generator", seed=seed)
-    except (ReplayError, RowError, ValueError) as exc:
-        raise LoadError(str(exc)) from None
-
-    # The sender thread waits on the socket many times per batch and must get the GIL back from
-    # the generating thread each time: a shorter switch interval than the default 5 ms keeps
-    # the COPY flowing (measured: about +10 % rows/s).
-    sys.setswitchinterval(0.0005)
-    # `docker stop` / systemd send SIGTERM: flush and exit like Ctrl-C rather than drop the buffer.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
-
-    handler = LogLines()
-    logger = logging.getLogger("sentinel.loader")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    live = None
-    try:
+    # Ctrl-C, and SIGTERM from `docker stop` or systemd, from here on only ask the load to stop: it
+    # sends what it read and exits 130, whatever the main thread was doing (`StopSignals`).
+    with StopSignals() as stop:
+        extra: dict = {}
+        rejects_sink: Rejects | None = None
+        generator: Generator | None = None
         try:
-            writer = Writers(
-                dsn, count=writers, batch_rows=batch_rows, batch_ms=batch_ms, mode=mode,
-                on_reject=(lambda row, reason: rejects_sink.add(None, reason, list(row))) if rejects_sink else None,
-            )
-        except WriterError as exc:
+            if source is not None:
+                rejects_path = rejects or source.with_name(source.name + ".rejects.ndjson")
+                rejects_sink = Rejects(rejects_path)
+                rows = replay(source, mapping=parse_map(maps), fmt=fmt, rejects=rejects_sink)
+                first = next(rows, None)  # surfaces header problems before connecting
+                extra.update(source=str(source), rejects_file=str(rejects_path))
+                rows = chain(() if first is None else (first,), rows)
+                if count is not None:
+                    rows = islice(rows, count)
+            else:
+                if seed is None:
+                    seed = random.SystemRandom().randrange(2**31)
+                start_at = None
+                if start:
+                    start_at = datetime.now(timezone.utc) if start == "now" else parse_time(start)
+                config = GeneratorConfig(
+                    seed=seed, count=count, rate=rate, sim_rate=sim_rate, start=start_at,
+                    shares=parse_shares(shares, fraud_share), late_share=late_share,
+                    max_delay_s=max_delay, cards=cards,
+                )
+                generator = Generator(config)  # checks the config before connecting
+                extra.update(source="generator", seed=seed)
+        except (ReplayError, RowError, ValueError) as exc:
             raise LoadError(str(exc)) from None
-        if generator is not None:
-            # Lists of rows, normal purchases as their COPY line (`generate_batches`), unless the
-            # writer sends INSERTs (RisingWave): it would only parse the lines back into tuples.
-            rows = generator.batches(copy_lines=writer.mode == "copy")
-        progress = None
-        if not quiet and console.is_terminal:
-            from rich.live import Live
-            from rich.text import Text
 
-            live = Live(Text("starting…"), console=console, refresh_per_second=4, transient=True)
-            live.start()
-
-            def progress(p: Progress) -> None:
-                lag = f" · lag {p.lag_s:.1f} s" if rate or speedup else ""
-                live.update(Text(f"{p.read:,} rows · {p.rate:,.0f} rows/s · rejected {p.rejected:,}{lag}"))
-
+        # The sender thread waits on the socket many times per batch and must get the GIL back from
+        # the generating thread each time: a shorter switch interval than the default 5 ms keeps
+        # the COPY flowing (measured: about +10 % rows/s).
+        sys.setswitchinterval(0.0005)
+        handler = LogLines()
+        logger = logging.getLogger("sentinel.loader")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        live = None
         try:
-            summary = run_load(rows, writer, rate=rate, speedup=speedup, duration_s=duration,
-                               rejects=rejects_sink, progress=progress, batched=generator is not None)
-        except WriterError as exc:
-            raise LoadError(f"{exc}; rows already sent are in the database") from None
-        except (ReplayError, ValueError) as exc:
-            raise LoadError(str(exc)) from None
-    finally:
-        if live is not None:
-            live.stop()
-        logger.removeHandler(handler)
-        if rejects_sink is not None:
-            rejects_sink.close()
+            try:
+                writer = Writers(
+                    dsn, count=writers, batch_rows=batch_rows, batch_ms=batch_ms, mode=mode,
+                    on_reject=(lambda row, reason: rejects_sink.add(None, reason, list(row))) if rejects_sink else None,
+                )
+            except WriterError as exc:
+                raise LoadError(str(exc)) from None
+            if generator is not None:
+                # Lists of rows, normal purchases as their COPY line (`generate_batches`), unless the
+                # writer sends INSERTs (RisingWave): it would only parse the lines back into tuples.
+                rows = generator.batches(copy_lines=writer.mode == "copy")
+            progress = None
+            if not quiet and console.is_terminal:
+                from rich.live import Live
+                from rich.text import Text
+
+                live = Live(Text("starting…"), console=console, refresh_per_second=4, transient=True)
+                live.start()
+
+                def progress(p: Progress) -> None:
+                    lag = f" · lag {p.lag_s:.1f} s" if rate or speedup else ""
+                    live.update(Text(f"{p.read:,} rows · {p.rate:,.0f} rows/s · rejected {p.rejected:,}{lag}"))
+
+            try:
+                summary = run_load(rows, writer, rate=rate, speedup=speedup, duration_s=duration,
+                                   rejects=rejects_sink, progress=progress, batched=generator is not None,
+                                   stop=stop)
+            except WriterError as exc:
+                raise LoadError(f"{exc}; rows already sent are in the database") from None
+            except (ReplayError, ValueError) as exc:
+                raise LoadError(str(exc)) from None
+        finally:
+            if live is not None:
+                live.stop()
+            logger.removeHandler(handler)
+            if rejects_sink is not None:
+                rejects_sink.close()
 
     summary.extra = extra
     if as_json:
@@ -225,16 +223,10 @@ def load(
         sys.exit(130)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     """`python -m loader.cli`: the load command on its own (one-line errors, exit codes)."""
-    from sentinel.__main__ import loaded
     from sentinel.cli import main as sentinel_main
 
-    loaded()
     sentinel_main(["load", *sys.argv[1:]])
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -53,6 +56,45 @@ class LoadSummary:
         return data
 
 
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM as a request to stop, for `load(stop=...)`: while in effect (a
+    context manager; the main thread only), their handler just records the signal, and `load()`
+    stops reading at its next row or list, sends what it read and returns a summary marked
+    `interrupted`. A KeyboardInterrupt raised wherever the main thread happens to be can be lost:
+    code that a C extension calls back may swallow it (numpy.random's Cython module init registers
+    a type under a bare `except: pass`; a Ctrl-C there, as the generator started, left the loader
+    streaming with no end), and one landing inside a lock's or a queue's bookkeeping can leave it
+    held. A second signal ends the process at once, exit 130, with one line saying so: what was
+    still being sent may not all be in the database.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saved: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._saved.clear()
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        os.write(2, b"error: interrupted again: stopped without waiting for the last rows read "
+                    b"to reach the database (some of them may not be in it)\n")
+        os._exit(130)
+
+
+_NO_STOP = StopSignals()  # never entered: its signum stays None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB.
 
@@ -80,12 +122,14 @@ def load(
     progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 0.25,
     batched: bool = False,
+    stop: StopSignals | None = None,
 ) -> LoadSummary:
     """Send `rows` through `writer` (closed at the end), at `rate` rows/s or `speedup`× their own
     event times.
 
-    Ctrl-C (KeyboardInterrupt) stops reading, flushes what was read, and returns a summary
-    marked `interrupted`; nothing read is lost. Rows are what `Writer.write` takes (tuples, or
+    Ctrl-C stops reading, flushes what was read, and returns a summary marked `interrupted`;
+    nothing read is lost. Ctrl-C is a KeyboardInterrupt, or, with `stop` (a `StopSignals` in
+    effect), the signal it recorded, checked after each row or list. Rows are what `Writer.write` takes (tuples, or
     COPY text lines; `speedup` needs tuples, for their event times). With `batched`, `rows`
     yields lists of rows, as `loader.generator.generate_batches` does.
     """
@@ -103,9 +147,12 @@ def load(
     sleep = time.sleep
     monotonic = time.monotonic
     write = writer.write
+    stop = stop or _NO_STOP
     try:
+        if stop.signum is not None:
+            rows = ()  # stopped while the command was starting: nothing to read
         if rate is None and speedup is None:
-            read = _unpaced(rows, writer, deadline, progress, progress_every_s, rejects, start, batched)
+            read = _unpaced(rows, writer, deadline, progress, progress_every_s, rejects, start, batched, stop)
             rows = ()
         elif batched:
             rows = (row for batch in rows for row in batch)  # paced: one row at a time
@@ -123,13 +170,17 @@ def load(
             if target > now:
                 if deadline is not None and target > deadline:
                     break
-                sleep(target - now)
-                now = monotonic()
+                # in steps, so that a stop request (which does not end a sleep) is seen soon
+                while (wait := target - now) > 0 and stop.signum is None:
+                    sleep(min(wait, 0.05))
+                    now = monotonic()
             else:
                 lag = now - target
                 summary.max_lag_s = max(summary.max_lag_s, lag)
             write(row)
             read += 1
+            if stop.signum is not None:
+                break
             if progress is not None and now >= next_report:
                 next_report = now + progress_every_s
                 progress(_snapshot(read, writer, rejects, start, now, lag))
@@ -139,6 +190,7 @@ def load(
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        summary.interrupted = summary.interrupted or stop.signum is not None
         summary.read = read
         try:
             writer.close()
@@ -171,7 +223,7 @@ class _Interrupted(Exception):
 
 
 def _unpaced(rows, writer: Writer, deadline, progress, every: float, rejects, start: float,
-             batched: bool) -> int:
+             batched: bool, stop: StopSignals) -> int:
     """As fast as possible: rows go to the writer in lists, one lock round-trip each: the
     source's own lists when `batched`, else slices of 256."""
     read = 0
@@ -181,6 +233,8 @@ def _unpaced(rows, writer: Writer, deadline, progress, every: float, rejects, st
         for batch in rows if batched else _slices(rows, 256):
             writer.write_many(batch)
             read += len(batch)
+            if stop.signum is not None:
+                break
             now = monotonic()
             if deadline is not None and now >= deadline:
                 break

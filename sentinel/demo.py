@@ -46,7 +46,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: i
     from alerts.listener import Listener
     from alerts.sinks import FileSink
     from loader.generator import GeneratorConfig, generate
-    from loader.load import load
+    from loader.load import StopSignals, load
     from loader.writer import Writer
     from sentinel.stack import bring_up
 
@@ -84,7 +84,8 @@ def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: i
 
             live = Live(state.render(), console=console, refresh_per_second=4, get_renderable=state.render)
             live.start()
-        summary = load(rows, writer, rate=rate, duration_s=duration, progress=progress)
+        with StopSignals() as stop:  # Ctrl-C asks the stream to stop; nothing in between can swallow it
+            summary = load(rows, writer, rate=rate, duration_s=duration, progress=progress, stop=stop)
         state.sent = summary.sent
     finally:
         if live is not None:
