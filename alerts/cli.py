@@ -1,9 +1,12 @@
 """`sentinel alerts`: push every newly flagged transaction to the configured sinks, at least once."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
+from collections.abc import Callable
 
 import click
 import psycopg
@@ -33,6 +36,32 @@ def format_stats(stats: SinkStats) -> str:
     if stats.failing:
         line += f" · failing: {stats.failing}"
     return line
+
+
+def _stop_on_signals(stop: threading.Event, logger: logging.Logger) -> tuple[dict, Callable[[], None]]:
+    """SIGINT and SIGTERM set `stop`, through a pipe that a thread reads: the handler only writes a
+    byte. Had it set the Event itself, it would take the Event's lock, which the main thread holds
+    for a moment each time it waits on `stop`: a signal landing then deadlocked the listener (it
+    never stopped). (The previous handlers, a function that ends the relay.)"""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+
+    def relay() -> None:
+        try:
+            got = os.read(r, 1)
+        finally:
+            os.close(r)
+        if got:
+            logger.info("stopping (%s)", signal.Signals(got[0]).name)
+            stop.set()
+
+    def handler(signum: int, _frame: object) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # a stop is already on its way
+            os.write(w, bytes([signum]))
+
+    threading.Thread(target=relay, name="alerts-stop", daemon=True).start()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return previous, lambda: os.close(w)  # the relay reads end-of-file and ends
 
 
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,12 +116,7 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
         raise click.ClickException(f"cannot reach the engine: {one_line(exc)}") from None
 
     stop = threading.Event()
-
-    def request_stop(signum, _frame) -> None:
-        logger.info("stopping (%s)", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous, unrelay = _stop_on_signals(stop, logger)
     logger.info("listening on %s engine; sinks: %s", listener.engine, ", ".join(s.name for s in built))
 
     def log_stats(all_stats: list[SinkStats]) -> None:
@@ -104,6 +128,7 @@ def alerts(ctx: click.Context, sinks: tuple[str, ...], from_start: bool, dsn: st
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        unrelay()
 
 
 if __name__ == "__main__":

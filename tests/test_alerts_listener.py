@@ -190,6 +190,45 @@ def test_cli_errors_are_one_line(db, tmp_path):
     assert len(unreachable.stderr.strip().splitlines()) == 1
 
 
+# In the child: the Ctrl-C lands while the main thread, about to wait on the stop event in `serve`,
+# holds that event's lock (each wait takes it for a moment).
+_CTRL_C_WHILE_THE_STOP_EVENT_IS_LOCKED = """
+import os, signal, sys, threading, time
+wait = threading.Event.wait
+def wait_and_interrupt(self, timeout=None):
+    if sys._getframe(1).f_code.co_name == "serve" and threading.Event.wait is not wait:
+        threading.Event.wait = wait
+        with self._cond:
+            os.write(2, b"ctrl-c sent while the stop event is locked\\n")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, in the sleep
+    return wait(self, timeout)
+threading.Event.wait = wait_and_interrupt
+from sentinel.cli import main
+main(["alerts", *sys.argv[1:]])
+"""
+
+
+def test_ctrl_c_while_the_listener_holds_its_stop_event_lock_still_stops_it(alerts_db, tmp_path):
+    """The signal handler had set the stop event itself, taking the lock the main thread held: the
+    listener never stopped. Now it writes a byte that a thread relays, and the listener stops."""
+    path = tmp_path / "s.ndjson"
+    ids = insert_flagged(alerts_db.dsn, 0, 5)
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_WHILE_THE_STOP_EVENT_IS_LOCKED, "--dsn", alerts_db.dsn,
+                             "--sink", f"file:{path}", "--from-start"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        raise AssertionError(f"the listener did not stop within 30 s of the Ctrl-C: {err[-2000:]}") from None
+    assert "ctrl-c sent while the stop event is locked" in err  # else the test tested nothing
+    assert proc.returncode == 0, err
+    assert "stopping (SIGINT)" in err and "Traceback" not in err
+    assert {a["alert_id"] for a in read_ndjson(path)} <= set(ids)
+
+
 @pytest.mark.slow
 def test_kill9_listener_midstream_loses_nothing(alerts_db, tmp_path):
     """kill -9 of the listener while alerts stream in, twice; the restarted listener delivers all."""
