@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import resource
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -13,8 +10,11 @@ from dataclasses import asdict, dataclass, field
 from loader.replay import Rejects
 from loader.schema import INDEX
 from loader.writer import Writer
+from sentinel import signals
 
 EVENT_TIME = INDEX["event_time"]
+AGAIN = ("error: interrupted again: stopped without waiting for the last rows read to reach the database "
+         "(some of them may not be in it)")
 
 
 @dataclass
@@ -56,7 +56,7 @@ class LoadSummary:
         return data
 
 
-class StopSignals:
+class StopSignals(signals.StopSignals):
     """Ctrl-C (SIGINT) and SIGTERM as a request to stop, for `load(stop=...)`: while in effect (a
     context manager; the main thread only), their handler just records the signal, and `load()`
     stops reading at its next row or list, sends what it read and returns a summary marked
@@ -65,31 +65,13 @@ class StopSignals:
     a type under a bare `except: pass`; a Ctrl-C there, as the generator started, left the loader
     streaming with no end), and one landing inside a lock's or a queue's bookkeeping can leave it
     held. A second signal ends the process at once, exit 130, with one line saying so: what was
-    still being sent may not all be in the database.
+    still being sent may not all be in the database. (`sentinel.signals.StopSignals`, with this
+    second line.)
     """
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._saved: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._saved[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-        self._saved.clear()
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.signum is None:
-            self.signum = signum
-            return
-        os.write(2, b"error: interrupted again: stopped without waiting for the last rows read "
-                    b"to reach the database (some of them may not be in it)\n")
-        os._exit(130)
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("again", AGAIN)
+        super().__init__(**kwargs)
 
 
 _NO_STOP = StopSignals()  # never entered: its signum stays None

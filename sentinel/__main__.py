@@ -3,8 +3,8 @@
 A Ctrl-C while Python is still loading the command's modules ends it as one a moment later would:
 one line and exit code 130, not an import's traceback (nothing has been read or sent by then).
 `loader.cli` does the same for `python -m loader.cli`. `sentinel.cli.main` hands Ctrl-C back to
-Python (KeyboardInterrupt) inside its own error handling; `sentinel load` then replaces it with a
-stop request (`loader.load.StopSignals`).
+Python (KeyboardInterrupt) inside its own error handling; `sentinel load`, `sentinel up` and
+`sentinel demo` then replace it with a stop request (`sentinel.signals.StopSignals`).
 """
 from __future__ import annotations
 

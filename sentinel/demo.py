@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,10 @@ from alerts.sinks import Sink
 from sentinel.config import Settings
 from sentinel.console import console, is_interactive
 from sentinel.liveview import DemoState
+
+if TYPE_CHECKING:
+    from loader.load import StopSignals
+    from sentinel.stack import Stack
 
 CONNECT_HELP = """\
 [bold]From another terminal[/] (source .venv/bin/activate first):
@@ -43,14 +48,37 @@ class ViewSink(Sink):
 def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: int | None,
              alerts_file: Path | None, ui: bool, fraud_share: float) -> DemoState:
     """Bring the stack up, stream at `rate`, deliver alerts to a file and the view, until Ctrl-C."""
-    from alerts.listener import Listener
-    from alerts.sinks import FileSink
-    from loader.generator import GeneratorConfig, generate
-    from loader.load import StopSignals, load
-    from loader.writer import Writer
+    from loader.load import StopSignals
     from sentinel.stack import bring_up
 
-    stack = bring_up(settings, on_step=console.print)
+    # Ctrl-C and SIGTERM, from here to the end, only ask the demo to stop (StopSignals): while it comes
+    # up, once the step under way ends (the engine it started is stopped again); while it streams, at
+    # the next row; while it stops, the teardown goes on. A second signal exits at once.
+    with StopSignals() as stop:
+        stack = bring_up(settings, on_step=console.print, stop=stop, stop_started_on_failure=True)
+        try:
+            state = _stream(stack, settings, stop, rate=rate, duration=duration, seed=seed,
+                            alerts_file=alerts_file, ui=ui, fraud_share=fraud_share)
+        finally:
+            if stack.started and stack.engine is not None:
+                stop.again = ("error: interrupted again: exited before the engine stopped "
+                              "(`sentinel down` stops it)")
+                stack.engine.down()
+                console.print(f"engine stopped; data kept in {stack.engine.home} (rerun to continue)")
+    console.print(state.summary_line(), markup=False)
+    return state
+
+
+def _stream(stack: Stack, settings: Settings, stop: StopSignals, *, rate: float, duration: float | None,
+            seed: int | None, alerts_file: Path | None, ui: bool, fraud_share: float) -> DemoState:
+    """The listener, the paced stream and the view, until `duration` or a stop request."""
+    from alerts.listener import Listener
+    from alerts.sinks import FileSink
+    from loader.cli import parse_shares
+    from loader.generator import GeneratorConfig, generate
+    from loader.load import load
+    from loader.writer import Writer
+
     alerts_path = alerts_file or (settings.home / "alerts.ndjson" if settings.embedded else Path("sentinel-alerts.ndjson"))
     alerts_path.parent.mkdir(parents=True, exist_ok=True)
     port = stack.engine.running_port() if stack.engine else "<your server's port>"
@@ -64,8 +92,6 @@ def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: i
     listener.start()
     # A new seed per run: ids never collide with an earlier run's, so a rerun continues the stream.
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-    from loader.cli import parse_shares
-
     rows = generate(GeneratorConfig(seed=seed, rate=rate, shares=parse_shares((), fraud_share)))
     writer = Writer(stack.loader_dsn, batch_rows=max(100, int(rate)), batch_ms=50)
     last_line = time.monotonic()
@@ -84,18 +110,13 @@ def run_demo(settings: Settings, *, rate: float, duration: float | None, seed: i
 
             live = Live(state.render(), console=console, refresh_per_second=4, get_renderable=state.render)
             live.start()
-        with StopSignals() as stop:  # Ctrl-C asks the stream to stop; nothing in between can swallow it
-            summary = load(rows, writer, rate=rate, duration_s=duration, progress=progress, stop=stop)
+        summary = load(rows, writer, rate=rate, duration_s=duration, progress=progress, stop=stop)
         state.sent = summary.sent
     finally:
         if live is not None:
             live.stop()
         time.sleep(0.5)  # let the listener deliver the last batch's alerts
         listener.stop()
-        if stack.started and stack.engine is not None:
-            stack.engine.down()
-            console.print(f"engine stopped; data kept in {stack.engine.home} (rerun to continue)")
-    console.print(state.summary_line(), markup=False)
     return state
 
 

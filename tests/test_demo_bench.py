@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import psycopg
 import pytest
@@ -47,6 +51,111 @@ def test_demo_runs_stops_cleanly_and_continues(tmp_path):
                  if json.loads(line)["op"] == "+"}
     assert flagged, "a 5% fraud share over 4,800 rows flags some"
     assert flagged <= delivered  # every flag still standing reached the alert file
+
+
+class _Lines:
+    """A child's merged output, read line by line on a thread, so a test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines, self._queue = proc, [], queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} in {timeout} s: {self.lines[-10:]}") from None
+            if line is None:
+                raise AssertionError(f"exited ({self.proc.wait()}) without {text!r}: {self.lines[-10:]}")
+            self.lines.append(line)
+
+    def rest(self, timeout: float = 60) -> tuple[int, list[str]]:
+        rc = self.proc.wait(timeout=timeout)
+        while (line := self._queue.get(timeout=10)) is not None:
+            self.lines.append(line)
+        return rc, self.lines
+
+
+def _start_demo(home, port: int, *extra: str) -> _Lines:
+    cmd = [sys.executable, "-m", "sentinel", "demo", "--rate", "300", "--no-ui", *extra]
+    return _Lines(subprocess.Popen(cmd, env=_env(home, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, text=True))
+
+
+def test_ctrl_c_while_the_demo_comes_up_lets_dbt_finish_then_stops_the_engine_it_started(tmp_path):
+    # A KeyboardInterrupt inside dbt's in-process run had become an error of dbt's own (a mashumaro
+    # InvalidFieldValue: a traceback, "dbt run failed", exit 1), and the engine the demo had started
+    # was left running.
+    home, port = tmp_path / "home", free_port()
+    demo = _start_demo(home, port)
+    demo.wait_for("applied sql/postgres")  # next: dbt run, several seconds
+    demo.proc.send_signal(signal.SIGINT)
+    rc, lines = demo.rest()
+    out = "\n".join(lines)
+    assert rc == 130, out[-2000:]
+    assert "stopping once this step ends (Ctrl-C again to stop at once)" in out
+    assert "models deployed" in out  # the deploy under way ended first
+    assert lines[-1] == f"error: interrupted: stopped the engine this command started (data kept in {home})"
+    assert "Traceback" not in out and "failed" not in out
+    assert EmbeddedEngine(home, port=port).running_port() is None
+
+
+def test_a_second_ctrl_c_while_the_demo_comes_up_stops_it_and_its_engine_at_once(tmp_path):
+    home, port = tmp_path / "home", free_port()
+    demo = _start_demo(home, port)
+    demo.wait_for("applied sql/postgres")
+    demo.proc.send_signal(signal.SIGINT)
+    demo.wait_for("stopping once this step ends")
+    demo.proc.send_signal(signal.SIGINT)
+    rc, lines = demo.rest()
+    out = "\n".join(lines)
+    assert rc == 130, out[-2000:]
+    assert "models deployed" not in out  # it did not wait for the deploy
+    assert lines[-1].startswith("error: interrupted again: stopped at once, and the engine this command "
+                                "started with it"), out[-2000:]
+    assert "Traceback" not in out and "ERROR" not in out and "leaked" not in out, out[-2000:]
+    assert EmbeddedEngine(home, port=port).running_port() is None
+    # the deploy cut short rolled back: the next start deploys every model and serves the stream
+    again = subprocess.run([sys.executable, "-m", "sentinel", "demo", "--rate", "300", "--duration", "3",
+                            "--no-ui"], env=_env(home, port), capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr[-2000:]
+    engine = EmbeddedEngine(home, port=port)
+    engine.up()
+    try:
+        with psycopg.connect(engine.dsn("owner")) as conn:
+            sent = conn.execute("select count(*) from fraud.transactions").fetchone()[0]
+            per_card = conn.execute("select count(*) from fraud.card_activity").fetchone()[0]
+    finally:
+        engine.down()
+    assert sent >= 300 * 3 * 0.8 and per_card > 0
+
+
+def test_ctrl_c_while_the_demo_streams_stops_it_keeps_every_row_and_stops_the_engine(tmp_path):
+    home, port = tmp_path / "home", free_port()
+    demo = _start_demo(home, port)
+    demo.wait_for(" sent (")  # the first progress line: the stream runs
+    demo.proc.send_signal(signal.SIGINT)
+    rc, lines = demo.rest()
+    out = "\n".join(lines)
+    assert rc == 0, out[-2000:]  # Ctrl-C is how the demo is meant to end
+    assert "engine stopped; data kept" in out and "Traceback" not in out
+    sent = int(lines[-1].split(" sent")[0].replace(",", ""))
+    engine = EmbeddedEngine(home, port=port)
+    assert engine.running_port() is None
+    engine.up()
+    try:
+        with psycopg.connect(engine.dsn("owner")) as conn:
+            assert conn.execute("select count(*) from fraud.transactions").fetchone()[0] == sent > 0
+    finally:
+        engine.down()
 
 
 def test_bench_produces_every_figure(tmp_path):
