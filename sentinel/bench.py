@@ -7,6 +7,7 @@ recomputation against per-batch cost, alert latency, and detection quality on th
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -15,19 +16,48 @@ import click
 
 from sentinel.console import console, out
 from sentinel.measure import machine
+from sentinel.signals import StopSignals
 
 PARTS = ("loader", "ivm", "alerts", "quality")
 
 
-def run_part(module: str, args: list[str], *, timeout: float) -> dict:
-    """Run one benchmark module with --json; its last stdout line is the figures."""
+PART_GRACE_S = 120  # how long a part asked to stop may take to remove its engine before it is killed
+
+
+def run_part(module: str, args: list[str], *, timeout: float, stop: StopSignals | None = None) -> dict:
+    """Run one benchmark module with --json; its last stdout line is the figures.
+
+    The part runs in a session of its own, so a Ctrl-C at the terminal reaches this process only;
+    a stop request (or the timeout) is passed on to the part as one SIGINT, and it gets
+    `PART_GRACE_S` to stop and remove its throw-away engine before it is killed (killing it at once,
+    as `subprocess.run` does, left that engine running)."""
     cmd = [sys.executable, "-m", module, *args, "--json"]
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    asked = killed = None
+    while True:
+        try:
+            stdout, stderr = proc.communicate(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            if asked is None and ((stop is not None and stop.requested) or now - started > timeout):
+                proc.send_signal(signal.SIGINT)
+                asked = now
+            elif asked is not None and killed is None and now - asked > PART_GRACE_S:
+                proc.kill()
+                killed = now
     took = round(time.monotonic() - started, 1)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    if stop is not None:
+        stop.check(f"interrupted: {module} did not stop within {PART_GRACE_S} s and was killed "
+                   "(its throw-away engine may still run: see `ps -u sentinel`)" if killed else
+                   f"interrupted: {module} stopped and removed its engine")
+    lines = [ln for ln in stdout.splitlines() if ln.strip().startswith("{")]
     if proc.returncode != 0 or not lines:
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        detail = (stderr.strip().splitlines() or ["no output"])[-1]
+        if asked is not None:
+            detail = f"timed out after {timeout:.0f} s ({detail})"
         return {"error": f"{' '.join(cmd[2:])} failed ({proc.returncode}): {detail}", "seconds": took}
     figures = json.loads(lines[-1])
     figures["seconds"] = took
@@ -35,18 +65,18 @@ def run_part(module: str, args: list[str], *, timeout: float) -> dict:
     return figures
 
 
-def loader_part(*, rows: int) -> dict:
+def loader_part(*, rows: int, stop: StopSignals | None = None) -> dict:
     """The loader against raw COPY, on a throw-away engine with sql/ applied and no models."""
     from sentinel.stack import temporary_stack
 
-    with temporary_stack(models=False) as stack:
+    with temporary_stack(models=False, stop=stop) as stack:
         figures = run_part("loader.bench", ["--dsn", stack.owner_dsn, "--count", str(rows), "--repeat", "3",
-                                            "--rss-count", str(rows * 2)], timeout=3600)
+                                            "--rss-count", str(rows * 2)], timeout=3600, stop=stop)
         figures["command"] = figures.get("command", "").replace(stack.owner_dsn, "<owner DSN>")
     return figures
 
 
-def quality(*, rows: int, seed: int) -> dict:
+def quality(*, rows: int, seed: int, stop: StopSignals | None = None) -> dict:
     """Precision per rule and recall per injected pattern on an unpaced labelled stream."""
     from loader.generator import GeneratorConfig, generate
     from loader.load import load
@@ -54,10 +84,12 @@ def quality(*, rows: int, seed: int) -> dict:
     from sentinel import quality as q
     from sentinel.stack import temporary_stack
 
-    with temporary_stack() as stack:
+    with temporary_stack(stop=stop) as stack:
         started = time.monotonic()
-        summary = load(generate(GeneratorConfig(seed=seed, count=rows)), Writer(stack.loader_dsn))
+        summary = load(generate(GeneratorConfig(seed=seed, count=rows)), Writer(stack.loader_dsn), stop=stop)
         took = time.monotonic() - started
+        if stop is not None:
+            stop.check("interrupted: the quality part stopped and removed its engine")
         rules, patterns = q.measure(stack.owner_dsn)
     return {
         "rows": summary.loaded,
@@ -105,21 +137,28 @@ def bench(only: tuple[str, ...], loader_rows: int, ingest_rows: int, history_row
     """Measure throughput, history, recompute cost, alert latency and detection quality; print a table."""
     parts = only or PARTS
     figures: dict = {"machine": machine()}
-    plan = {
-        "loader": lambda: loader_part(rows=loader_rows),
-        "ivm": lambda: run_part("sentinel.bench_ivm", ["--rows", str(ingest_rows), "--history", str(history_rows),
-                                                      "--batch", str(max(100, min(10000, ingest_rows // 10)))],
-                                timeout=7200),
-        "alerts": lambda: run_part("alerts.bench", ["--rate", str(alert_rate), "--seconds", str(alert_seconds),
-                                                    "--warmup", str(min(5.0, alert_seconds / 3))], timeout=3600),
-        "quality": lambda: quality(rows=quality_rows, seed=seed),
-    }
-    for part in parts:
-        console.print(f"bench: {part}…")
-        started = time.monotonic()
-        figures[part] = plan[part]()
-        if "seconds" not in figures[part]:
-            figures[part]["seconds"] = round(time.monotonic() - started, 1)
+    # Ctrl-C and SIGTERM only ask the run to stop: the part under way stops and removes its
+    # throw-away engine first; a second signal exits at once (that part still removes its engine).
+    with StopSignals(first="stopping: the part under way removes its engine first (Ctrl-C again to exit at once)",
+                     again="error: interrupted again: exited at once (the part under way goes on removing its "
+                           "engine)") as stop:
+        plan = {
+            "loader": lambda: loader_part(rows=loader_rows, stop=stop),
+            "ivm": lambda: run_part("sentinel.bench_ivm", ["--rows", str(ingest_rows), "--history", str(history_rows),
+                                                          "--batch", str(max(100, min(10000, ingest_rows // 10)))],
+                                    timeout=7200, stop=stop),
+            "alerts": lambda: run_part("alerts.bench", ["--rate", str(alert_rate), "--seconds", str(alert_seconds),
+                                                        "--warmup", str(min(5.0, alert_seconds / 3))], timeout=3600,
+                                       stop=stop),
+            "quality": lambda: quality(rows=quality_rows, seed=seed, stop=stop),
+        }
+        for part in parts:
+            stop.check()
+            console.print(f"bench: {part}…")
+            started = time.monotonic()
+            figures[part] = plan[part]()
+            if "seconds" not in figures[part]:
+                figures[part]["seconds"] = round(time.monotonic() - started, 1)
     if as_json:
         out.print(json.dumps(figures, default=str))
         return

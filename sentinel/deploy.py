@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from sentinel.errors import SentinelError
+from sentinel.signals import StopSignals
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 _ENV_LOCK = threading.Lock()  # dbt reads os.environ; one in-process invocation at a time
@@ -81,8 +83,17 @@ def run_dbt(args: list[str], *, dsn: str, vars: dict | None = None, target: str 
         argv += ["--target-path", str(target_path)]
     if log_path:
         argv += ["--log-path", str(log_path)]
-    with _environ(libpq_env(dsn)):
+    # A Ctrl-C inside dbt's in-process run is not safe to raise there: dbt turned one into an error
+    # of its own (a mashumaro InvalidFieldValue, a traceback, "dbt run failed") and its threads went
+    # on writing to the target path. Where Ctrl-C would be a KeyboardInterrupt, it waits for the run
+    # to end (a second one raises at once); a caller's own StopSignals is left in place.
+    defer = (threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    guard = StopSignals(again=None, signums=(signal.SIGINT,)) if defer else StopSignals(signums=())
+    with guard, _environ(libpq_env(dsn)):
         res = dbtRunner().invoke(argv)
+    if guard.requested:
+        raise KeyboardInterrupt
     nodes: dict[str, tuple[str, str]] = {}
     for r in getattr(res.result, "results", None) or []:
         nodes[r.node.unique_id] = (str(r.status), r.message or "")

@@ -27,17 +27,20 @@ class StopSignals:
     """While in effect (a context manager; the main thread only), SIGINT and SIGTERM set `signum`
     and, if `first` is set, write it as one line; the guarded code checks `requested` (or calls
     `check`) where it can stop. A second signal writes `again` and ends the process at once with
-    exit code 130, after calling `on_again` (which may, say, stop a server this command started).
-    `first`, `again` and `on_again` may be changed as the guarded code goes from step to step.
+    exit code 130, after calling `on_again` (which may, say, stop a server this command started),
+    or, with `again=None`, raises KeyboardInterrupt. `first`, `again` and `on_again` may be changed
+    as the guarded code goes from step to step.
     """
 
     def __init__(self, *, first: str | None = None,
-                 again: str = "error: interrupted again: stopped at once",
-                 on_again: Callable[[], object] | None = None) -> None:
+                 again: str | None = "error: interrupted again: stopped at once",
+                 on_again: Callable[[], object] | None = None,
+                 signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         self.signum: int | None = None
         self.first = first
-        self.again = again
+        self.again = again  # None: a second signal raises KeyboardInterrupt where the code is
         self.on_again = on_again
+        self.signums = signums
         self._saved: dict[int, object] = {}
 
     @property
@@ -51,7 +54,7 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in self.signums:
                 self._saved[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -66,6 +69,8 @@ class StopSignals:
             if self.first:
                 os.write(2, self.first.encode() + b"\n")
             return
+        if self.again is None:
+            raise KeyboardInterrupt
         message, err = self.again.encode() + b"\n", os.dup(2)
         try:
             if self.on_again is not None:

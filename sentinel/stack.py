@@ -115,12 +115,17 @@ def _interrupted(started: bool, engine: EmbeddedEngine | None) -> str:
 
 @contextlib.contextmanager
 def temporary_stack(*, models: bool = True, prefix: str = "sentinel-bench-",
-                    on_step: Callable[[str], None] = lambda _msg: None) -> Iterator[Stack]:
+                    on_step: Callable[[str], None] = lambda _msg: None,
+                    stop: StopSignals | None = None) -> Iterator[Stack]:
     """A throw-away embedded engine (temp home, free port) brought up; stopped and removed afterwards,
     also when bringing it up fails after the server started (sql/ or dbt)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as home:
         settings = Settings(home=Path(home) / "home", port=free_port())
         try:
-            yield bring_up(settings, models=models, on_step=on_step)
+            try:
+                stack = bring_up(settings, models=models, on_step=on_step, stop=stop)
+            except Interrupted:
+                raise Interrupted("interrupted: stopped and removed the throw-away engine") from None
+            yield stack
         finally:
             settings.engine().down()

@@ -1,6 +1,7 @@
 """`sentinel demo` and `sentinel bench` end to end on their own embedded engines (smoke, not timed)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import queue
@@ -190,6 +191,43 @@ def test_bench_produces_every_figure(tmp_path):
     for run in ("empty", "history_steady", "empty_adjacent", "empty_after"):
         assert 0 < ivm[f"cpu_cores_busy_{run}"] <= figures["machine"]["cpus"] + 0.05, ivm
         assert ivm[f"cpu_us_per_row_loader_{run}"] > 0 and ivm[f"cpu_us_per_row_rest_{run}"] > 0, ivm
+
+
+def _postmasters_under(root) -> list[str]:
+    found = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            args = open(cmdline, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if len(args) > 2 and args[0].endswith(b"postgres") and args[1] == b"-D" and args[2].startswith(str(root).encode()):
+            found.append(args[2].decode())
+    return found
+
+
+@pytest.mark.parametrize("after_s", [2, 12])
+def test_ctrl_c_during_bench_stops_the_part_and_removes_its_engine(tmp_path, after_s):
+    # The part under way (a child process) had been killed at once by the parent's Ctrl-C, leaving
+    # its throw-away engine running; and bench_ivm, when the Ctrl-C reached it, took it as the end of
+    # the stream it was loading and went on to its next step (the run finished, exit 0).
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = _env(tmp_path / "home", free_port()) | {"TMPDIR": str(scratch)}
+    cmd = [sys.executable, "-m", "sentinel", "bench", "--only", "ivm", "--ingest-rows", "100000",
+           "--history-rows", "400000"]
+    bench = _Lines(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, start_new_session=True))
+    deadline = time.monotonic() + 120
+    while not _postmasters_under(scratch):  # the part's engine is up
+        assert time.monotonic() < deadline and bench.proc.poll() is None, bench.lines
+        time.sleep(0.1)
+    time.sleep(after_s)  # 2 s: the raw COPY or the models' deploy; 12 s: the timed loads
+    os.killpg(bench.proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+    rc, lines = bench.rest(timeout=150)
+    assert rc == 130, lines[-10:]
+    assert lines[-1] == "error: interrupted: sentinel.bench_ivm stopped and removed its engine", lines[-10:]
+    assert not _postmasters_under(scratch)
+    assert not list(scratch.glob("sentinel-bench-*")), list(scratch.iterdir())
 
 
 def test_demo_help_names_real_dbt_vars():
