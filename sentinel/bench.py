@@ -24,7 +24,7 @@ PARTS = ("loader", "ivm", "alerts", "quality")
 PART_GRACE_S = 120  # how long a part asked to stop may take to remove its engine before it is killed
 
 
-def run_part(module: str, args: list[str], *, timeout: float, stop: StopSignals | None = None) -> dict:
+def run_part(module: str, args: list[str], *, timeout: float, stop: StopSignals) -> dict:
     """Run one benchmark module with --json; its last stdout line is the figures.
 
     The part runs in a session of its own, so a Ctrl-C at the terminal reaches this process only;
@@ -42,17 +42,16 @@ def run_part(module: str, args: list[str], *, timeout: float, stop: StopSignals 
             break
         except subprocess.TimeoutExpired:
             now = time.monotonic()
-            if asked is None and ((stop is not None and stop.requested) or now - started > timeout):
+            if asked is None and (stop.requested or now - started > timeout):
                 proc.send_signal(signal.SIGINT)
                 asked = now
             elif asked is not None and killed is None and now - asked > PART_GRACE_S:
                 proc.kill()
                 killed = now
     took = round(time.monotonic() - started, 1)
-    if stop is not None:
-        stop.check(f"interrupted: {module} did not stop within {PART_GRACE_S} s and was killed "
-                   "(its throw-away engine may still run: see `ps -u sentinel`)" if killed else
-                   f"interrupted: {module} stopped and removed its engine")
+    stop.check(f"interrupted: {module} did not stop within {PART_GRACE_S} s and was killed "
+               "(its throw-away engine may still run: see `ps -u sentinel`)" if killed else
+               f"interrupted: {module} stopped and removed its engine")
     lines = [ln for ln in stdout.splitlines() if ln.strip().startswith("{")]
     if proc.returncode != 0 or not lines:
         detail = (stderr.strip().splitlines() or ["no output"])[-1]
@@ -65,7 +64,7 @@ def run_part(module: str, args: list[str], *, timeout: float, stop: StopSignals 
     return figures
 
 
-def loader_part(*, rows: int, stop: StopSignals | None = None) -> dict:
+def loader_part(*, rows: int, stop: StopSignals) -> dict:
     """The loader against raw COPY, on a throw-away engine with sql/ applied and no models."""
     from sentinel.stack import temporary_stack
 
@@ -76,7 +75,7 @@ def loader_part(*, rows: int, stop: StopSignals | None = None) -> dict:
     return figures
 
 
-def quality(*, rows: int, seed: int, stop: StopSignals | None = None) -> dict:
+def quality(*, rows: int, seed: int, stop: StopSignals) -> dict:
     """Precision per rule and recall per injected pattern on an unpaced labelled stream."""
     from loader.generator import GeneratorConfig, generate
     from loader.load import load
@@ -88,8 +87,7 @@ def quality(*, rows: int, seed: int, stop: StopSignals | None = None) -> dict:
         started = time.monotonic()
         summary = load(generate(GeneratorConfig(seed=seed, count=rows)), Writer(stack.loader_dsn), stop=stop)
         took = time.monotonic() - started
-        if stop is not None:
-            stop.check("interrupted: the quality part stopped and removed its engine")
+        stop.check("interrupted: the quality part stopped and removed its engine")
         rules, patterns = q.measure(stack.owner_dsn)
     return {
         "rows": summary.loaded,

@@ -47,7 +47,7 @@ def ingest(dsn: str, batches: Iterator[list], *, batch: int, writers: int) -> tu
     """Write generator batches through the loader's writers as `sentinel load` does (a batch leaves at
     `batch` rows or 200 ms); (rows/s, mean ms per batch and writer)."""
     summary = load(batches, Writers(dsn, count=writers, batch_rows=batch), batched=True)
-    if summary.interrupted:  # load() takes Ctrl-C as the end of its stream; for the benchmark it is the end
+    if summary.interrupted:  # load() reports a Ctrl-C as `interrupted` (its contract); here it ends the run
         raise KeyboardInterrupt
     return summary.rows_per_s, 1000 * summary.elapsed_s * writers / max(summary.batches, 1)
 

@@ -89,7 +89,7 @@ def run_dbt(args: list[str], *, dsn: str, vars: dict | None = None, target: str 
     # to end (a second one raises at once); a caller's own StopSignals is left in place.
     defer = (threading.current_thread() is threading.main_thread()
              and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-    guard = StopSignals(again=None, signums=(signal.SIGINT,)) if defer else StopSignals(signums=())
+    guard = StopSignals(again=None, signums=(signal.SIGINT,) if defer else ())
     with guard, _environ(libpq_env(dsn)):
         res = dbtRunner().invoke(argv)
     if guard.requested:

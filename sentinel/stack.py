@@ -26,6 +26,7 @@ class Stack:
 
 
 STEP_FIRST = "stopping once this step ends (Ctrl-C again to stop at once)"
+_ROLLS_BACK = " (a model deploy in flight rolls back; the next `dbt run` or `sentinel up` deploys it)"
 
 
 def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "postgres",
@@ -69,8 +70,7 @@ def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "pos
                           "(`sentinel down` stops it if it started)")
             started = engine.up()
             stop.again = ("error: interrupted again: stopped at once"
-                          + (", and the engine this command started with it" if started else "")
-                          + " (a model deploy in flight rolls back; the next `dbt run` or `sentinel up` deploys it)")
+                          + (", and the engine this command started with it" if started else "") + _ROLLS_BACK)
             stop.on_again = stop_started
             stop.check(_interrupted(started, engine))
             on_step(f"engine {'started' if started else 'already running'} in {engine.home} "
@@ -82,8 +82,7 @@ def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "pos
             stack = Stack(owner_dsn=settings.dsn, loader_dsn=settings.dsn, analyst_dsn=settings.dsn,
                           engine=None, started=False)
             passwords = None
-            stop.again = ("error: interrupted again: stopped at once (a model deploy in flight rolls back; "
-                          "the next `dbt run` or `sentinel up` deploys it)")
+            stop.again = "error: interrupted again: stopped at once" + _ROLLS_BACK
         files = schema.apply(stack.owner_dsn, engine=engine_kind, role_passwords=passwords)
         on_step(f"applied sql/{engine_kind}: {', '.join(files)}")
         stop.check(_interrupted(started, engine))
