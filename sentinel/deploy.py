@@ -87,8 +87,8 @@ def run_dbt(args: list[str], *, dsn: str, vars: dict | None = None, target: str 
     # of its own (a mashumaro InvalidFieldValue, a traceback, "dbt run failed") and its threads went
     # on writing to the target path. Where Ctrl-C would be a KeyboardInterrupt, it waits for the run
     # to end (a second one raises at once); a caller's own StopSignals is left in place.
-    defer = (threading.current_thread() is threading.main_thread()
-             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    # (StopSignals installs nothing off the main thread)
+    defer = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     guard = StopSignals(again=None, signums=(signal.SIGINT,) if defer else ())
     with guard, _environ(libpq_env(dsn)):
         res = dbtRunner().invoke(argv)
