@@ -32,7 +32,9 @@ class Progress:
 
 @dataclass
 class LoadSummary:
-    """What a load did; `duplicates` is None where the engine cannot tell."""
+    """What a load did. `read` counts every record taken from the source, the rejected ones
+    included (loaded + rejected + duplicates == read once the load ends); `duplicates` is None
+    where the engine cannot tell."""
 
     read: int = 0
     loaded: int = 0
@@ -181,10 +183,13 @@ def load(
             writer.close()
     end = monotonic()
     stats = writer.stats
-    # Ctrl-C between the writer taking rows and the loop counting them: they were read (and sent)
-    summary.read = max(read, stats.sent)
+    # Ctrl-C between the writer taking rows and the loop counting them: they were read (and sent).
+    # `read` is every record taken from the source: those the source itself rejected (bad rows of
+    # a replayed file) never reach the writer, so loaded + rejected + duplicates == read.
+    unparsed = rejects.count if rejects is not None else 0
+    summary.read = max(read, stats.sent) + unparsed
     summary.loaded = stats.inserted
-    summary.rejected = stats.rejected + (rejects.count if rejects is not None else 0)
+    summary.rejected = stats.rejected + unparsed
     summary.duplicates = stats.duplicates
     summary.sent = stats.sent
     summary.batches = stats.batches
@@ -248,12 +253,13 @@ def _slices(rows: Iterable, size: int) -> Iterator[list]:
 
 def _snapshot(read: int, writer: Writer, rejects: Rejects | None, start: float, now: float, lag: float) -> Progress:
     elapsed = max(1e-9, now - start)
+    unparsed = rejects.count if rejects is not None else 0  # read from the source, never sent
     return Progress(
-        read=read,
+        read=read + unparsed,
         sent=writer.stats.sent,
         inserted=writer.stats.inserted,
-        rejected=writer.stats.rejected + (rejects.count if rejects is not None else 0),
+        rejected=writer.stats.rejected + unparsed,
         elapsed_s=elapsed,
-        rate=read / elapsed,
+        rate=(read + unparsed) / elapsed,
         lag_s=lag,
     )

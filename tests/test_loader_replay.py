@@ -74,6 +74,7 @@ def test_every_bad_row_is_rejected_with_line_and_reason_and_the_rest_loads(db, t
     good = len(BAD) + len(GOOD)
     assert summary.loaded == good
     assert summary.rejected == len(BAD)
+    assert summary.read == good + len(BAD) == summary.loaded + summary.rejected + summary.duplicates
     assert _count(db.dsn) == good
     entries = [json.loads(line) for line in (tmp_path / "rejects.ndjson").read_text().splitlines()]
     assert [e["line"] for e in entries] == bad_lines
@@ -114,7 +115,7 @@ def test_gzip_ndjson_with_map_and_bad_json(db, tmp_path: Path) -> None:
     rejects = Rejects(tmp_path / "rejects.ndjson")
     summary = load(replay(path, mapping=mapping, rejects=rejects), Writer(db.loader_dsn), rejects=rejects)
     rejects.close()
-    assert (summary.loaded, summary.rejected) == (20, 2)
+    assert (summary.loaded, summary.rejected, summary.read) == (20, 2, 22)
     reasons = [json.loads(x) for x in (tmp_path / "rejects.ndjson").read_text().splitlines()]
     assert [(r["line"], r["reason"].split(":")[0]) for r in reasons] == [(6, "not valid JSON"), (10, "not a JSON object")]
     with psycopg.connect(db.dsn) as conn:
@@ -139,6 +140,7 @@ def test_cli_replay_reports_and_exits_cleanly(db, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["loaded"], summary["rejected"], summary["duplicates"]) == (len(BAD) + len(GOOD), len(BAD), 0)
+    assert summary["read"] == 2 * len(BAD) + len(GOOD)
     assert Path(summary["rejects_file"]).exists()
     missing = subprocess.run([sys.executable, "-m", "loader.cli", "--dsn", db.loader_dsn, "--from",
                               str(tmp_path / "nope.csv")], cwd=REPO, capture_output=True, text=True, timeout=60)
