@@ -456,6 +456,8 @@ def test_an_online_redeploy_applies_every_change_written_while_it_builds(deploye
         conn.commit()
         assert steps[:4] == ["captured", "snapshot", "backfilled", "catch-up round 1"] and steps[-1] == "switch", steps
         assert result.online is not None and len(result.online.rounds) >= 2 and all(result.online.rounds), result.online
+        # dbt's log line: the seconds from the switch's lock request to its end
+        assert re.search(r"captured changes, the last under the lock \(\d+\.\d\d s\)$", result.message()), result.message()
         # the group triggers' SQL (with this model) and the catch-up's statements were made before the lock
         assert made_under_lock == [], made_under_lock
         assert mismatches(conn, deployed.dbname) == {}
@@ -465,6 +467,73 @@ def test_an_online_redeploy_applies_every_change_written_while_it_builds(deploye
         online.finish(result.online)
         assert maintained.online_leftovers(conn) == (0, 0)
         deploy_model(conn.cursor(), model=model, relation=rel, sql=sql, unique_key=key)  # as it was
+        conn.commit()
+
+
+def test_online_deploys_at_once_take_turns_and_writers_go_on_between_them(deployed):
+    """Two models redeployed online at once (as dbt `threads` > 1 does): the second waits, before
+    capturing anything, until the first has switched, and meanwhile holds no lock a writer needs
+    (before, their backfills shared the cores and their switches queued on the source's lock, so
+    writers were held from one switch to the end of the other). Both come out right."""
+    import time
+
+    from sentinel.ivm import online
+
+    reset(deployed.dsn)
+    models = {m[0]: m for m in all_models(deployed.dbname)}
+    first, second = models["velocity"], models["spike"]
+    second_steps: list[str] = []
+    errors: list[BaseException] = []
+    seen: dict[str, object] = {}
+
+    def deploy(m, on_step) -> None:
+        name, rel, sql, key = m
+        try:
+            with psycopg.connect(deployed.dsn) as conn:
+                res = deploy_model(conn.cursor(), model=name, relation=rel, sql="/* at once */\n" + sql,
+                                   unique_key=key, connect=lambda: psycopg.connect(deployed.dsn), on_step=on_step)
+                conn.commit()
+                online.finish(res.online)
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    other = threading.Thread(target=deploy, args=(second, second_steps.append))
+
+    def first_step(step: str) -> None:
+        if step != "backfilled" or other.is_alive():
+            return
+        other.start()  # while the first holds its turn, between its backfill and its switch
+        with psycopg.connect(deployed.dsn, autocommit=True) as watch:
+            for _ in range(200):
+                waiting = watch.execute(  # the second deploy's connection, waiting for its turn
+                    "select count(*) from pg_locks where locktype = 'advisory' and not granted "
+                    "and classid = %s and objid = 1 and objsubid = 2", (online.SWITCH_CLASS,)).fetchone()[0]
+                if waiting:
+                    break
+                time.sleep(0.05)
+        seen["waiting"] = waiting
+        seen["steps"] = list(second_steps)
+        with psycopg.connect(deployed.loader_dsn) as w:
+            w.execute("set statement_timeout = '10s'")  # a held writer fails here instead of hanging
+            t = time.perf_counter()
+            insert(w, _step_rows(1))
+            w.commit()
+            seen["write_s"] = time.perf_counter() - t
+
+    with psycopg.connect(deployed.dsn) as conn:
+        insert(conn, _step_rows(0))
+        conn.commit()
+    deploy(first, first_step)
+    other.join(timeout=120)
+    assert not other.is_alive() and not errors, errors
+    assert seen["waiting"] == 1 and seen["steps"] == [], seen
+    assert seen["write_s"] < 5, seen
+    assert second_steps[:2] == ["captured", "snapshot"] and second_steps[-1] == "switch", second_steps
+    with psycopg.connect(deployed.dsn) as conn:
+        assert mismatches(conn, deployed.dbname) == {}
+        assert maintained.online_leftovers(conn) == (0, 0)
+        for name, rel, sql, key in (first, second):
+            deploy_model(conn.cursor(), model=name, relation=rel, sql=sql, unique_key=key)  # as they were
         conn.commit()
 
 

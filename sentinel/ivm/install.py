@@ -45,6 +45,10 @@ class DeployResult:
         if self.online is not None:
             msg += (f"; online: backfill {self.online.backfill_s:.1f} s, then "
                     f"{' + '.join(str(n) for n in self.online.rounds)} captured changes, the last under the lock")
+            if self.online.switch_s:
+                # from the lock request to the switch's end: how long writers were held, at most
+                # (and the commit, which dbt makes after its grants and docs)
+                msg += f" ({sum(self.online.switch_s.values()):.2f} s)"
         return msg
 
 
@@ -119,6 +123,10 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
             staged: online.Staged | None, on_step: Callable[[str], None], indexes: list[dict]) -> DeployResult:
     """Under the lock: the new content (computed, or the staged one caught up), the table, the triggers."""
     model, relation = p.model, p.relation
+    # One switch at a time, waited for before anything that holds writers (`online.SWITCH_CLASS`);
+    # an online deploy that waited for another's catches up again first, while writers go on.
+    if online.switch_lock(cur) > 0.05 and staged is not None:
+        online.rounds(staged, on_step)
     marks = [("asked", time.perf_counter())]  # the switch's steps, for an online deploy's report
     if staged is not None:
         on_step("switch")

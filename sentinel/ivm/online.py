@@ -58,6 +58,19 @@ LOCK_TIMEOUT = "5min"
 # from its start to its end: one deploy of a model at a time, and capture triggers found without
 # it held are a killed deploy's
 DEPLOY_CLASS = 724581240
+# Deploys of several models at once (dbt `threads` > 1), two locks of SWITCH_CLASS:
+# - (SWITCH_CLASS, 0), for the deploy's transaction, taken before the SHARE ROW EXCLUSIVE locks of
+#   its switch, which hold writers: one switch at a time. Otherwise their table locks queue behind
+#   one another's, and writers, queued behind the first waiting request, are held from one switch
+#   to the end of the last; this way they go on between them. (Not before an online deploy's
+#   capture install: a transaction that has switched one model holds it to its commit, and its
+#   next model's online deploy, on another connection, would wait for it.)
+# - (SWITCH_CLASS, 1), for the session of an online deploy's own connection, from its capture
+#   to its switch: one online deploy at a time. Otherwise each switch's last changes are applied
+#   while other deploys' backfills take the cores (measured with `dbt run --threads 4`, four
+#   models changed, the loader at 3,000 rows/s after 400,000 rows: a switch of 1,700 changes held
+#   writers 1.84 s, against 0.2-0.5 s one deploy at a time).
+SWITCH_CLASS = 724581241
 
 
 # a captured change not yet applied: its transaction is not visible in the staging table's snapshot;
@@ -159,6 +172,10 @@ def backfill(connect: Callable[[], Any], p: Plan, *, sql: str, model: str, uniqu
     try:
         cur.execute(f"set lock_timeout = '{LOCK_TIMEOUT}'")
         cur.execute("select pg_advisory_lock(%s, hashtext(%s))", (DEPLOY_CLASS, p.relation))
+        # then the online deploys' turn (`SWITCH_CLASS`), however long the others' backfills take
+        cur.execute("set lock_timeout = 0")
+        cur.execute("select pg_advisory_lock(%s, 1)", (SWITCH_CLASS,))
+        cur.execute(f"set lock_timeout = '{LOCK_TIMEOUT}'")
         # 1. capture (after what a killed deploy of the model left)
         cur.execute("begin")
         cleanup(cur, p.relation)
@@ -212,25 +229,7 @@ def backfill(connect: Callable[[], Any], p: Plan, *, sql: str, model: str, uniqu
         on_staged(st)
         # 3. catch-up rounds while the writers go on
         on_step("backfilled")
-        least, stalled = None, 0
-        while len(st.rounds) < MAX_ROUNDS:
-            n = pending(cur, st)
-            if n <= ROUND_ROWS:
-                break
-            if least is not None and n >= least:
-                stalled += 1
-                if stalled == 2:
-                    break
-            least = n if least is None else min(least, n)
-            on_step(f"catch-up round {len(st.rounds) + 1}")
-            t = time.perf_counter()
-            cur.execute("begin isolation level repeatable read")
-            cur.execute("select pg_current_snapshot()::text")
-            nxt = cur.fetchone()[0]
-            st.rounds.append(catch_up(cur, st))
-            cur.execute("commit")
-            st.round_s.append(time.perf_counter() - t)
-            st.snapshot = nxt
+        rounds(st, on_step)
         return st
     except BaseException:
         try:
@@ -241,6 +240,38 @@ def backfill(connect: Callable[[], Any], p: Plan, *, sql: str, model: str, uniqu
         finally:
             conn.close()
         raise
+
+
+def rounds(st: Staged, on_step: Callable[[str], None] = lambda _msg: None) -> None:
+    """Catch-up rounds on the deploy's own connection, while writers go on, until at most
+    ROUND_ROWS changes are pending, or they have twice not shrunk, or MAX_ROUNDS in all."""
+    cur = st.conn.cursor()
+    least, stalled = None, 0
+    while len(st.rounds) < MAX_ROUNDS:
+        n = pending(cur, st)
+        if n <= ROUND_ROWS:
+            break
+        if least is not None and n >= least:
+            stalled += 1
+            if stalled == 2:
+                break
+        least = n if least is None else min(least, n)
+        on_step(f"catch-up round {len(st.rounds) + 1}")
+        t = time.perf_counter()
+        cur.execute("begin isolation level repeatable read")
+        cur.execute("select pg_current_snapshot()::text")
+        nxt = cur.fetchone()[0]
+        st.rounds.append(catch_up(cur, st))
+        cur.execute("commit")
+        st.round_s.append(time.perf_counter() - t)
+        st.snapshot = nxt
+
+
+def switch_lock(cur: Any) -> float:
+    """Take the switch lock (`SWITCH_CLASS`) for this transaction; return the seconds waited."""
+    t = time.perf_counter()
+    cur.execute("select pg_advisory_xact_lock(%s, 0)", (SWITCH_CLASS,))
+    return time.perf_counter() - t
 
 
 def abandon(st: Staged) -> None:
@@ -370,4 +401,4 @@ def run_steps(cur: Any, steps: list[Step]) -> None:
 
 
 __all__ = ["UNAPPLIED", "Staged", "abandon", "backfill", "catch_up", "clean_stale", "cleanup", "detach", "finish",
-           "leftovers", "pending", "run_steps", "stale", "tag"]
+           "leftovers", "pending", "rounds", "run_steps", "stale", "switch_lock", "tag"]
