@@ -108,8 +108,10 @@ def test_unchanged_redeploy_is_cheap_and_changes_nothing(deployed):
         assert mismatches(conn) == {}
 
 
-def test_redeploy_with_changed_var_under_concurrent_load(deployed):
-    """A thread keeps inserting while `dbt run --vars` changes a threshold: nothing lost, nothing doubled."""
+@pytest.mark.parametrize("threads, more", [(1, {}), (4, {"velocity_min_txns": 3, "card_testing_min_txns": 4})])
+def test_redeploy_with_changed_var_under_concurrent_load(deployed, threads, more):
+    """A thread keeps inserting while `dbt run --vars` changes a threshold (with dbt threads, three
+    models' at once, which take turns): nothing lost, nothing doubled."""
     db, tmp = deployed
     reset(db.dsn)
     with psycopg.connect(db.dsn) as conn:
@@ -137,7 +139,7 @@ def test_redeploy_with_changed_var_under_concurrent_load(deployed):
     t.start()
     try:
         time.sleep(0.5)
-        dbt(db.dsn, tmp, "run", vars={"high_value_min_amount": 2300})
+        dbt(db.dsn, tmp, "run", "--threads", str(threads), vars={"high_value_min_amount": 2300, **more})
         time.sleep(0.5)
     finally:
         stop.set()
