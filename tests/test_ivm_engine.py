@@ -537,6 +537,43 @@ def test_online_deploys_at_once_take_turns_and_writers_go_on_between_them(deploy
         conn.commit()
 
 
+def test_a_deploy_from_a_transaction_that_wrote_to_the_source_does_not_deadlock_with_another_switch(deployed):
+    """A transaction that has inserted into the source and then deploys, while another deploy's
+    switch has its turn and is about to lock the source: the first goes on (it does not wait for
+    the turn, which would wait for its own writes), the other then gets the source."""
+    import time
+
+    from sentinel.ivm import online
+
+    reset(deployed.dsn)
+    name, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == "velocity")
+    errors: list[BaseException] = []
+
+    def wrote_then_deploys() -> None:
+        try:
+            with psycopg.connect(deployed.dsn) as conn:
+                insert(conn, _step_rows(0))
+                deploy_model(conn.cursor(), model=name, relation=rel, sql="/* wrote first */\n" + sql, unique_key=key)
+                conn.commit()
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    with psycopg.connect(deployed.dsn) as other:
+        online.switch_lock(other.cursor())  # another deploy's switch has its turn
+        t = threading.Thread(target=wrote_then_deploys)
+        t.start()
+        time.sleep(1)
+        other.execute("set lock_timeout = '60s'")
+        other.execute("lock table fraud.transactions in share row exclusive mode")  # waits for the first's commit
+        other.rollback()
+    t.join(timeout=60)
+    assert not t.is_alive() and not errors, errors
+    with psycopg.connect(deployed.dsn) as conn:
+        assert mismatches(conn, deployed.dbname) == {}
+        deploy_model(conn.cursor(), model=name, relation=rel, sql=sql, unique_key=key)  # as it was
+        conn.commit()
+
+
 def _assert_clean_and_maintained(conn: psycopg.Connection, dbname: str) -> None:
     """No capture trigger or table of an online deploy is left, and the models follow new rows."""
     assert maintained.online_leftovers(conn) == (0, 0)

@@ -124,14 +124,18 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
     """Under the lock: the new content (computed, or the staged one caught up), the table, the triggers."""
     model, relation = p.model, p.relation
     # One switch at a time, waited for before anything that holds writers (`online.SWITCH_CLASS`);
-    # an online deploy that waited for another's catches up again first, while writers go on.
-    if online.switch_lock(cur) > 0.05 and staged is not None:
+    # an online deploy that waited for another's catches up again first, while writers go on. Not
+    # in a transaction that has written to an upstream table: a switch holding the switch lock
+    # would wait for its writes, and it for the switch lock (a deadlock; without that lock the
+    # two table lock requests wait in one queue, which PostgreSQL reorders).
+    upstream = sorted(set(roots) | set(p.inputs))
+    if not _writes_held(cur, upstream) and online.switch_lock(cur) > 0.05 and staged is not None:
         online.rounds(staged, on_step)
     marks = [("asked", time.perf_counter())]  # the switch's steps, for an online deploy's report
     if staged is not None:
         on_step("switch")
     # Hold writers: upstream sources first (sorted, one order for everyone), then the global lock.
-    for rel in sorted(set(roots) | set(p.inputs)):
+    for rel in upstream:
         cur.execute(f"lock table {_q(rel)} in share row exclusive mode")
     cur.execute("select sentinel_ivm.lock_all()")
     marks.append(("lock wait", time.perf_counter()))
