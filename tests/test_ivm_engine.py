@@ -574,6 +574,61 @@ def test_a_deploy_from_a_transaction_that_wrote_to_the_source_does_not_deadlock_
         conn.commit()
 
 
+def test_a_transaction_that_has_switched_a_model_deploys_its_next_one_under_the_lock(deployed):
+    """A transaction that has switched one model holds what writers and other switches wait for
+    until it commits. Its next deploy is not made online: that would wait, on a connection
+    PostgreSQL cannot see waiting for this transaction, for its turn behind an online deploy that
+    waits for this transaction (here, for the source's lock): neither would ever go on."""
+    import time
+
+    from sentinel.ivm import online
+
+    reset(deployed.dsn)
+    models = {m[0]: m for m in all_models(deployed.dbname)}
+    errors: list[BaseException] = []
+
+    def deploy(conn, m, tag):
+        name, rel, sql, key = m
+        return deploy_model(conn.cursor(), model=name, relation=rel, sql=f"/* {tag} */\n" + sql, unique_key=key,
+                            connect=lambda: psycopg.connect(deployed.dsn))
+
+    def other_online() -> None:
+        try:
+            with psycopg.connect(deployed.dsn) as conn:
+                res = deploy(conn, models["spike"], "the other")
+                conn.commit()
+                online.finish(res.online)
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    with psycopg.connect(deployed.dsn) as conn:
+        first = deploy(conn, models["velocity"], "first")  # switched: the source locked to the commit
+        assert first.online is not None
+        t = threading.Thread(target=other_online)
+        t.start()
+        with psycopg.connect(deployed.dsn, autocommit=True) as watch:  # the other has its turn, waits for us
+            for _ in range(200):
+                if watch.execute("select count(*) from pg_locks where locktype = 'advisory' and granted "
+                                 "and classid = %s and objid = 1 and objsubid = 2",
+                                 (online.SWITCH_CLASS,)).fetchone()[0]:
+                    break
+                time.sleep(0.05)
+        conn.execute("set statement_timeout = '60s'")
+        second = deploy(conn, models["flagged_by_rule"], "second")
+        assert second.online is None
+        conn.commit()
+        online.finish(first.online)
+    t.join(timeout=60)
+    assert not t.is_alive() and not errors, errors
+    with psycopg.connect(deployed.dsn) as conn:
+        assert mismatches(conn, deployed.dbname) == {}
+        assert maintained.online_leftovers(conn) == (0, 0)
+        for name in ("velocity", "spike", "flagged_by_rule"):
+            _n, rel, sql, key = models[name]
+            deploy_model(conn.cursor(), model=name, relation=rel, sql=sql, unique_key=key)  # as they were
+        conn.commit()
+
+
 def _assert_clean_and_maintained(conn: psycopg.Connection, dbname: str) -> None:
     """No capture trigger or table of an online deploy is left, and the models follow new rows."""
     assert maintained.online_leftovers(conn) == (0, 0)

@@ -99,7 +99,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
                         f"(both derive from {', '.join(sorted(shared[i] & shared[j]))})",
                         "carry the columns through the upstream model instead of joining back")
     staged = None
-    if connect is not None and not p.joined and not _writes_held(cur, p.inputs):
+    if connect is not None and not p.joined and not _holds_locks(cur):
         staged = online.backfill(connect, p, sql=sql, model=model, unique_key=unique_key, on_step=on_step,
                                  on_staged=lambda st: _prepare_groups(cur, p, sql, st.plan.columns))
     try:
@@ -228,6 +228,20 @@ def _writes_held(cur: Any, inputs: list[str]) -> bool:
     wrote to it): another connection's lock on the input would wait for this transaction."""
     cur.execute("select exists (select from pg_locks where pid = pg_backend_pid() and locktype = 'relation' "
                 "and relation = any(%s::regclass[]) and mode <> 'AccessShareLock')", ([_q(r) for r in inputs],))
+    return bool(cur.fetchone()[0])
+
+
+def _holds_locks(cur: Any) -> bool:
+    """Whether this transaction holds a lock that another deploy's switch may wait for: more than
+    ACCESS SHARE on a table that is not its own temporary one (it wrote to the source, or switched
+    a model already), or the switch lock. An online deploy waits on a connection of its own, which
+    PostgreSQL does not see waiting for this transaction: for its turn (`online.SWITCH_CLASS`)
+    behind a switch that would wait for this transaction, never ending."""
+    cur.execute("select exists (select from pg_locks l left join pg_class c on c.oid = l.relation "
+                "where l.pid = pg_backend_pid() and l.granted and ("
+                "(l.locktype = 'relation' and l.mode <> 'AccessShareLock' and c.relpersistence is distinct from 't') "
+                "or (l.locktype = 'advisory' and l.classid = %s and l.objid = 0 and l.objsubid = 2)))",
+                (online.SWITCH_CLASS,))
     return bool(cur.fetchone()[0])
 
 
