@@ -457,7 +457,8 @@ def test_an_online_redeploy_applies_every_change_written_while_it_builds(deploye
         assert steps[:4] == ["captured", "snapshot", "backfilled", "catch-up round 1"] and steps[-1] == "switch", steps
         assert result.online is not None and len(result.online.rounds) >= 2 and all(result.online.rounds), result.online
         # dbt's log line: the seconds from the switch's lock request to its end
-        assert re.search(r"captured changes, the last under the lock \(\d+\.\d\d s\)$", result.message()), result.message()
+        assert re.search(r"captured changes, the last under the lock \(\d+\.\d\d s: lock wait \d+\.\d\d, "
+                         r"catch-up \d+\.\d\d, table \d+\.\d\d, triggers \d+\.\d\d\)$", result.message()), result.message()
         # the group triggers' SQL (with this model) and the catch-up's statements were made before the lock
         assert made_under_lock == [], made_under_lock
         assert mismatches(conn, deployed.dbname) == {}

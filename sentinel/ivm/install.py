@@ -48,7 +48,8 @@ class DeployResult:
             if self.online.switch_s:
                 # from the lock request to the switch's end: how long writers were held, at most
                 # (and the commit, which dbt makes after its grants and docs)
-                msg += f" ({sum(self.online.switch_s.values()):.2f} s)"
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in self.online.switch_s.items())
+                msg += f" ({sum(self.online.switch_s.values()):.2f} s: {parts})"
         return msg
 
 
