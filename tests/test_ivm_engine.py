@@ -538,6 +538,63 @@ def test_online_deploys_at_once_take_turns_and_writers_go_on_between_them(deploy
         conn.commit()
 
 
+def test_an_online_deploy_that_waited_for_another_switch_catches_up_again_before_its_own(deployed, monkeypatch):
+    """Its backfill done, an online deploy waits for the switch lock while another switch has it
+    (one computed under the lock, say), writers going on; once it has its turn it applies what they
+    wrote in a round of its own before taking the locks that hold writers, not under them."""
+    import time
+
+    from sentinel.ivm import online
+
+    monkeypatch.setattr(online, "ROUND_ROWS", 0)  # a round for any pending change
+    reset(deployed.dsn)
+    name, rel, sql, key = next(m for m in all_models(deployed.dbname) if m[0] == "velocity")
+    steps: list[str] = []
+    errors: list[BaseException] = []
+    results = []
+
+    def deploy() -> None:
+        try:
+            with psycopg.connect(deployed.dsn) as conn:
+                res = deploy_model(conn.cursor(), model=name, relation=rel, sql="/* waited */\n" + sql,
+                                   unique_key=key, connect=lambda: psycopg.connect(deployed.dsn),
+                                   on_step=steps.append)
+                conn.commit()
+                online.finish(res.online)
+                results.append(res)
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    with psycopg.connect(deployed.dsn) as other:
+        online.switch_lock(other.cursor())  # another switch has its turn
+        t = threading.Thread(target=deploy)
+        t.start()
+        with psycopg.connect(deployed.dsn, autocommit=True) as watch:
+            for _ in range(200):
+                if watch.execute("select count(*) from pg_locks where locktype = 'advisory' and not granted "
+                                 "and classid = %s and objid = 0 and objsubid = 2",
+                                 (online.SWITCH_CLASS,)).fetchone()[0]:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"the deploy never waited for the switch lock: {steps}")
+        waited_at = len(steps)
+        with psycopg.connect(deployed.loader_dsn) as w:  # not held: the waiting deploy locks nothing yet
+            w.execute("set statement_timeout = '10s'")
+            insert(w, _step_rows(1))
+            w.commit()
+        time.sleep(0.1)
+        other.rollback()
+    t.join(timeout=60)
+    assert not t.is_alive() and not errors, errors
+    assert steps[waited_at:] == [f"catch-up round {len(results[0].online.rounds) - 1}", "switch"], (waited_at, steps)
+    assert results[0].online.rounds[-2] == 12  # the writer's rows, before the lock
+    with psycopg.connect(deployed.dsn) as conn:
+        assert mismatches(conn, deployed.dbname) == {}
+        deploy_model(conn.cursor(), model=name, relation=rel, sql=sql, unique_key=key)  # as it was
+        conn.commit()
+
+
 def test_a_deploy_from_a_transaction_that_wrote_to_the_source_does_not_deadlock_with_another_switch(deployed):
     """A transaction that has inserted into the source and then deploys, while another deploy's
     switch has its turn and is about to lock the source: the first goes on (it does not wait for

@@ -62,8 +62,9 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
     With `connect` (new connections to the same database, as the same role), the new content is
     built online (`online.py`): writers are held only while the last captured changes are applied
     and the tables switched, not for the model's whole evaluation (`on_step` hears its steps). Without
-    it, for a model that joins inputs, or when this transaction has written to an input (the online
-    steps would wait for it), it is computed under the lock. A failed online deploy rolls this
+    it, for a model that joins inputs, or when this transaction holds locks (`_holds_locks`: it has
+    written to a table or switched a model; the online steps would wait for it), it is computed
+    under the lock. A failed online deploy rolls this
     transaction back before removing its capture triggers. After committing an online deploy,
     the caller calls `online.finish(result.online)`, which drops its capture and staging tables
     (left alone, the next deploy of the model drops them). `indexes` (dbt index configs): a unique
@@ -74,7 +75,7 @@ def deploy_model(cur: Any, *, model: str, relation: str, sql: str, unique_key: l
     kind = _relkind(cur, relation)
     if online.leftovers(cur, relation):
         # a killed online deploy's capture (it would cost writers forever), an unfinished one's tables
-        if connect is not None and not _writes_held(cur, p.inputs):
+        if connect is not None and not _holds_locks(cur):
             online.clean_stale(connect, relation)  # apart: this transaction's locks would hold up its backfill
         elif online.stale(cur, relation):
             online.cleanup(cur, relation)
@@ -126,17 +127,17 @@ def _switch(cur: Any, p: Plan, *, sql: str, reg: dict | None, kind: str | None, 
     model, relation = p.model, p.relation
     # One switch at a time, waited for before anything that holds writers (`online.SWITCH_CLASS`);
     # an online deploy that waited for another's catches up again first, while writers go on. Not
-    # in a transaction that has written to an upstream table: a switch holding the switch lock
-    # would wait for its writes, and it for the switch lock (a deadlock; without that lock the
-    # two table lock requests wait in one queue, which PostgreSQL reorders).
-    upstream = sorted(set(roots) | set(p.inputs))
-    if not _writes_held(cur, upstream) and online.switch_lock(cur) > 0.05 and staged is not None:
+    # in a transaction that holds locks (`_holds_locks`: it has written to a table, or holds the
+    # switch lock already): a switch holding the switch lock could wait for its writes, and it for
+    # the switch lock (a deadlock; without that lock the two table lock requests wait in one queue,
+    # which PostgreSQL reorders).
+    if not _holds_locks(cur) and online.switch_lock(cur) > 0.05 and staged is not None:
         online.rounds(staged, on_step)
     marks = [("asked", time.perf_counter())]  # the switch's steps, for an online deploy's report
     if staged is not None:
         on_step("switch")
     # Hold writers: upstream sources first (sorted, one order for everyone), then the global lock.
-    for rel in upstream:
+    for rel in sorted(set(roots) | set(p.inputs)):
         cur.execute(f"lock table {_q(rel)} in share row exclusive mode")
     cur.execute("select sentinel_ivm.lock_all()")
     marks.append(("lock wait", time.perf_counter()))
@@ -224,20 +225,14 @@ def output_columns(model: str, cols: list[tuple[str, str]], locator: list[str]) 
     return names
 
 
-def _writes_held(cur: Any, inputs: list[str]) -> bool:
-    """Whether this transaction holds a lock on an input that a writer's lock conflicts with (it
-    wrote to it): another connection's lock on the input would wait for this transaction."""
-    cur.execute("select exists (select from pg_locks where pid = pg_backend_pid() and locktype = 'relation' "
-                "and relation = any(%s::regclass[]) and mode <> 'AccessShareLock')", ([_q(r) for r in inputs],))
-    return bool(cur.fetchone()[0])
-
-
 def _holds_locks(cur: Any) -> bool:
-    """Whether this transaction holds a lock that another deploy's switch may wait for: more than
-    ACCESS SHARE on a table that is not its own temporary one (it wrote to the source, or switched
-    a model already), or the switch lock. An online deploy waits on a connection of its own, which
-    PostgreSQL does not see waiting for this transaction: for its turn (`online.SWITCH_CLASS`)
-    behind a switch that would wait for this transaction, never ending."""
+    """Whether this transaction holds a lock that another connection's deploy step may wait for:
+    more than ACCESS SHARE on a table that is not its own temporary one (it wrote to a table, or
+    switched a model already), or the switch lock. Then the deploy's steps stay in this
+    transaction: on a connection of their own they would wait for it (the capture's table locks,
+    a stale deploy's cleanup), or for their turn (`online.SWITCH_CLASS`) behind a switch that
+    waits for it, which PostgreSQL cannot see as a deadlock; and its switch does not wait for the
+    switch lock behind a switch that may wait for it (`_switch`)."""
     cur.execute("select exists (select from pg_locks l left join pg_class c on c.oid = l.relation "
                 "where l.pid = pg_backend_pid() and l.granted and ("
                 "(l.locktype = 'relation' and l.mode <> 'AccessShareLock' and c.relpersistence is distinct from 't') "
