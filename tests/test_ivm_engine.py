@@ -471,6 +471,24 @@ def test_an_online_redeploy_applies_every_change_written_while_it_builds(deploye
         conn.commit()
 
 
+def _switch_lock_seen(dsn: str, key: int, *, granted: bool, timeout_s: float = 10.0) -> int:
+    """How many connections hold (`granted`) or wait for the switch lock (online.SWITCH_CLASS, key),
+    polled until there is one or `timeout_s` has passed."""
+    import time
+
+    from sentinel.ivm import online
+
+    with psycopg.connect(dsn, autocommit=True) as watch:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            n = watch.execute("select count(*) from pg_locks where locktype = 'advisory' and granted = %s "
+                              "and classid = %s and objid = %s and objsubid = 2",
+                              (granted, online.SWITCH_CLASS, key)).fetchone()[0]
+            if n or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
+
+
 def test_online_deploys_at_once_take_turns_and_writers_go_on_between_them(deployed):
     """Two models redeployed online at once (as dbt `threads` > 1 does): the second waits, before
     capturing anything, until the first has switched, and meanwhile holds no lock a writer needs
@@ -504,15 +522,7 @@ def test_online_deploys_at_once_take_turns_and_writers_go_on_between_them(deploy
         if step != "backfilled" or other.is_alive():
             return
         other.start()  # while the first holds its turn, between its backfill and its switch
-        with psycopg.connect(deployed.dsn, autocommit=True) as watch:
-            for _ in range(200):
-                waiting = watch.execute(  # the second deploy's connection, waiting for its turn
-                    "select count(*) from pg_locks where locktype = 'advisory' and not granted "
-                    "and classid = %s and objid = 1 and objsubid = 2", (online.SWITCH_CLASS,)).fetchone()[0]
-                if waiting:
-                    break
-                time.sleep(0.05)
-        seen["waiting"] = waiting
+        seen["waiting"] = _switch_lock_seen(deployed.dsn, 1, granted=False)  # the second, waiting for its turn
         seen["steps"] = list(second_steps)
         with psycopg.connect(deployed.loader_dsn) as w:
             w.execute("set statement_timeout = '10s'")  # a held writer fails here instead of hanging
@@ -569,15 +579,7 @@ def test_an_online_deploy_that_waited_for_another_switch_catches_up_again_before
         online.switch_lock(other.cursor())  # another switch has its turn
         t = threading.Thread(target=deploy)
         t.start()
-        with psycopg.connect(deployed.dsn, autocommit=True) as watch:
-            for _ in range(200):
-                if watch.execute("select count(*) from pg_locks where locktype = 'advisory' and not granted "
-                                 "and classid = %s and objid = 0 and objsubid = 2",
-                                 (online.SWITCH_CLASS,)).fetchone()[0]:
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError(f"the deploy never waited for the switch lock: {steps}")
+        assert _switch_lock_seen(deployed.dsn, 0, granted=False), f"the deploy never waited for the switch lock: {steps}"
         waited_at = len(steps)
         with psycopg.connect(deployed.loader_dsn) as w:  # not held: the waiting deploy locks nothing yet
             w.execute("set statement_timeout = '10s'")
@@ -637,8 +639,6 @@ def test_a_transaction_that_has_switched_a_model_deploys_its_next_one_under_the_
     until it commits. Its next deploy is not made online: that would wait, on a connection
     PostgreSQL cannot see waiting for this transaction, for its turn behind an online deploy that
     waits for this transaction (here, for the source's lock): neither would ever go on."""
-    import time
-
     from sentinel.ivm import online
 
     reset(deployed.dsn)
@@ -664,13 +664,7 @@ def test_a_transaction_that_has_switched_a_model_deploys_its_next_one_under_the_
         assert first.online is not None
         t = threading.Thread(target=other_online)
         t.start()
-        with psycopg.connect(deployed.dsn, autocommit=True) as watch:  # the other has its turn, waits for us
-            for _ in range(200):
-                if watch.execute("select count(*) from pg_locks where locktype = 'advisory' and granted "
-                                 "and classid = %s and objid = 1 and objsubid = 2",
-                                 (online.SWITCH_CLASS,)).fetchone()[0]:
-                    break
-                time.sleep(0.05)
+        assert _switch_lock_seen(deployed.dsn, 1, granted=True)  # the other has its turn, and waits for us
         conn.execute("set statement_timeout = '60s'")
         second = deploy(conn, models["flagged_by_rule"], "second")
         assert second.online is None
