@@ -89,6 +89,8 @@ def bring_up(settings: Settings, *, models: bool = True, engine_kind: str = "pos
         if models:
             from sentinel.deploy import run_dbt
 
+            # said once no stop can cut in before dbt: a Ctrl-C after this line lets the deploy end
+            on_step(f"deploying the models (dbt run, target {engine_kind}) ...")
             t1 = time.monotonic()
             run_dbt(["run"], dsn=stack.owner_dsn, target=engine_kind)
             on_step(f"models deployed (dbt run, target {engine_kind}) [{time.monotonic() - t1:.1f} s]")

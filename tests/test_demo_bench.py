@@ -96,7 +96,9 @@ def test_ctrl_c_while_the_demo_comes_up_lets_dbt_finish_then_stops_the_engine_it
     # was left running.
     home, port = tmp_path / "home", free_port()
     demo = _start_demo(home, port)
-    demo.wait_for("applied sql/postgres")  # next: dbt run, several seconds
+    # this line comes after the last stop check before dbt: the signal lands inside the deploy (after
+    # "applied sql/", it could land before that check, and the demo rightly stopped without deploying)
+    demo.wait_for("deploying the models (dbt run")  # several seconds
     demo.proc.send_signal(signal.SIGINT)
     rc, lines = demo.rest()
     out = "\n".join(lines)
@@ -111,7 +113,7 @@ def test_ctrl_c_while_the_demo_comes_up_lets_dbt_finish_then_stops_the_engine_it
 def test_a_second_ctrl_c_while_the_demo_comes_up_stops_it_and_its_engine_at_once(tmp_path):
     home, port = tmp_path / "home", free_port()
     demo = _start_demo(home, port)
-    demo.wait_for("applied sql/postgres")
+    demo.wait_for("deploying the models (dbt run")
     demo.proc.send_signal(signal.SIGINT)
     demo.wait_for("stopping once this step ends")
     demo.proc.send_signal(signal.SIGINT)
